@@ -1,0 +1,169 @@
+"""Few-shot accuracy and speed: Kensa's default detector against stock anomalib PatchCore.
+
+    python bench/fewshot.py --data DIR --shots 1,4,16 --seeds 0,1,2 [--baseline anomalib]
+                            [--json FILE] [--set image_size=384 ...]
+
+For every (shots, seed) the seed picks that many ``train/good`` images (the same ones for both
+methods); each method is fitted and tested on the whole test split in a fresh subprocess so that
+``peak_rss_mb`` is its own. One JSON row per run is printed; ``--json`` writes the list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import ROOT, peak_rss_mb  # noqa: E402
+
+
+def choose_shots(paths: list[Path], shots: int, seed: int) -> list[Path]:
+    """Seeded choice of ``shots`` training images, identical for every method."""
+    import numpy as np
+
+    ordered = sorted(paths)
+    if shots > len(ordered):
+        raise SystemExit(f"--shots {shots} but only {len(ordered)} good training images")
+    rng = np.random.default_rng(seed)
+    return [ordered[i] for i in sorted(rng.choice(len(ordered), size=shots, replace=False))]
+
+
+def parse_overrides(items: list[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def run_worker(args: argparse.Namespace) -> dict[str, object]:
+    """Fit and evaluate one method once; runs inside its own subprocess."""
+    import numpy as np
+    import torch
+
+    from engine.backbones import build_classifier
+    from engine.data import discover, load_image, load_mask
+    from engine.metrics import image_metrics, pixel_metrics
+    from engine.models.preprocess import to_tensor
+
+    data = Path(args.data)
+    index = discover(data, validate=False)
+    train = choose_shots([r.path for r in index.select(split="train", label="good")],
+                         args.shots, args.seed)
+    tests = index.select(split="test")
+    overrides = parse_overrides(args.set or [])
+    if args.method == "kensa":
+        from engine.models.fewshot import FewShotConfig, FewShotPatchCore
+
+        model = FewShotPatchCore(FewShotConfig(seed=args.seed, **overrides))
+        long_side = model.config.image_size
+        backbone = model.config.backbone
+    else:
+        from engine.models.anomalib_patchcore import AnomalibPatchCore
+
+        model = AnomalibPatchCore(**overrides)
+        long_side = None
+        backbone = "efficientnet_lite0"
+
+    fit = model.fit([load_image(p) for p in train])
+    labels, scores, maps, masks = [], [], [], []
+    score_s = 0.0
+    backbone_s = 0.0
+    classifier = build_classifier(backbone)
+    for record in tests:
+        image = load_image(record.path)
+        started = time.perf_counter()
+        result = model.score([image])
+        score_s += time.perf_counter() - started
+        if long_side is not None:
+            tensor = to_tensor(image, long_side)
+        else:
+            tensor = model._prepare(image).cpu()
+        started = time.perf_counter()
+        with torch.inference_mode():
+            classifier(tensor)
+        backbone_s += time.perf_counter() - started
+        labels.append(int(record.label == "defect"))
+        scores.append(float(result.scores[0]))
+        maps.append(result.maps[0])
+        mask = load_mask(record.mask_path, image.shape[:2]) if record.mask_path else None
+        masks.append(mask)
+    image_m = image_metrics(np.asarray(scores), np.asarray(labels))
+    pixel_m = pixel_metrics(maps, masks)
+    return {
+        "method": args.method,
+        "category": data.name,
+        "shots": args.shots,
+        "seed": args.seed,
+        "image_auroc": round(float(image_m["image_auroc"]), 4),
+        "pixel_auroc": round(float(pixel_m["pixel_auroc"]), 4),
+        "aupro": round(float(pixel_m["aupro"]), 4),
+        "image_f1": round(float(image_m["image_f1"]), 4),
+        "fit_s": round(fit.fit_seconds, 2),
+        "ms_per_image": round(1000 * score_s / len(tests), 2),
+        "backbone_ms_per_image": round(1000 * backbone_s / len(tests), 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "bank_size": fit.bank_size,
+        "n_test": len(tests),
+        "overrides": overrides,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("--data", required=True, help="dataset folder in MVTec layout")
+    parser.add_argument("--shots", default="1,4,16")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--baseline", choices=["anomalib"], default=None)
+    parser.add_argument("--json", dest="json_path", default=None)
+    parser.add_argument("--set", action="append", help="Kensa config override key=value")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--method", default="kensa", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        args.shots = int(args.shots)
+        print(json.dumps(run_worker(args)))
+        return 0
+    methods = ["kensa"] + ([args.baseline] if args.baseline else [])
+    rows: list[dict[str, object]] = []
+    for shots in [int(s) for s in args.shots.split(",")]:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            for method in methods:
+                cmd = [sys.executable, str(ROOT / "bench" / "fewshot.py"), "--worker",
+                       "--data", args.data, "--shots", str(shots), "--seed", str(seed),
+                       "--method", method]
+                for item in (args.set or []) if method == "kensa" else []:
+                    cmd += ["--set", item]
+                done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+                if done.returncode != 0:
+                    print(done.stderr[-3000:], file=sys.stderr)
+                    return done.returncode
+                row = json.loads(done.stdout.strip().splitlines()[-1])
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    if args.json_path:
+        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_path).write_text(json.dumps(rows, indent=2))
+    summary = {}
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        summary[method] = {
+            k: round(sum(float(r[k]) for r in mine) / len(mine), 4)
+            for k in ("image_auroc", "pixel_auroc", "aupro", "image_f1", "ms_per_image",
+                      "backbone_ms_per_image", "peak_rss_mb")
+        }
+    print(json.dumps({"mean": summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

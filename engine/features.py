@@ -1,0 +1,61 @@
+"""Patch features: two backbone stages, 3x3 local aggregation, upsampled onto one grid.
+
+PatchCore's recipe: a stride-8 stage for localisation and a stride-16 stage for context, each
+averaged over a 3x3 neighbourhood so a patch vector describes its surroundings, then the coarse
+map is upsampled and concatenated. Optional normalisations make the vectors less sensitive to
+global light changes, which matters when the line's lighting drifts.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.backbones import DEFAULT_BACKBONE, IMAGENET_MEAN, IMAGENET_STD, build_feature_extractor
+
+Normalization = Literal["none", "instance", "layer"]
+
+
+class PatchFeatureExtractor(nn.Module):
+    """RGB batch [B,3,H,W] in [0,1] -> patch features [B,D,H/8,W/8]."""
+
+    def __init__(
+        self,
+        backbone: str = DEFAULT_BACKBONE,
+        pool_size: int = 3,
+        normalization: Normalization = "none",
+    ) -> None:
+        super().__init__()
+        if normalization not in ("none", "instance", "layer"):
+            raise ValueError(
+                f"normalization must be none, instance or layer, not {normalization!r}"
+            )
+        self.backbone_name = backbone
+        self.network = build_feature_extractor(backbone)
+        self.pool = nn.AvgPool2d(pool_size, stride=1, padding=pool_size // 2)
+        self.normalization = normalization
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.eval()
+
+    @property
+    def dim(self) -> int:
+        return int(sum(self.network.feature_info.channels()))
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images [B,3,H,W], got {tuple(images.shape)}")
+        x = (images - self.mean) / self.std
+        fine, coarse = self.network(x)
+        fine, coarse = self.pool(fine), self.pool(coarse)
+        coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        if self.normalization == "instance":
+            fine, coarse = F.instance_norm(fine), F.instance_norm(coarse)
+        elif self.normalization == "layer":
+            fine = F.layer_norm(fine.movedim(1, -1), fine.shape[1:2]).movedim(-1, 1)
+            coarse = F.layer_norm(coarse.movedim(1, -1), coarse.shape[1:2]).movedim(-1, 1)
+        return torch.cat([fine, coarse], dim=1)

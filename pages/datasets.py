@@ -1,0 +1,246 @@
+"""Datasets: create a project from images, see what is in it and what is wrong with it."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import streamlit as st
+
+from pages.common import (
+    NEW_PROJECT_PARAM,
+    context,
+    current_project,
+    open_project,
+    route_through_app,
+)
+from services.gallery import (
+    PREVIEW_SIDE,
+    dataset_overview,
+    gallery_page,
+    image_detail,
+    thumbnail,
+)
+from services.imports import ImportRefused, import_data, rescan
+
+PER_PAGE = 24
+COLUMNS = 6
+LAST_IMPORT = "_last_import"
+PAGE_KEY = "ds_page"
+ALL = "All"
+
+route_through_app()
+ctx = context()
+name = current_project()
+creating = st.query_params.get(NEW_PROJECT_PARAM) == "1" or name is None
+
+LAYOUT_HELP = """
+**How to arrange the images** (the folder names matter, the file names do not):
+
+```
+my_part/                        my_part/
+  train/good/      good images    good/          good images
+  test/good/       good images    defect/        defect images (or defect/<type>/)
+  test/<type>/     defects        mask/defect/   masks, same file name
+  ground_truth/<type>/<name>_mask.png
+```
+PNG, JPEG, BMP and TIFF; grayscale or colour. Masks are optional: they only add pixel-level
+scores. Defect images are optional too: a model learns from good images alone.
+"""
+
+
+def _run_import(project: str, create: bool, zip_file=None, folder: str | None = None) -> None:
+    """Import, remember the outcome for the next run, and open the project."""
+    try:
+        with st.spinner("Importing and checking every image…"):
+            result = import_data(ctx, project, zip_file=zip_file, folder=folder, create=create)
+    except (ImportRefused, ValueError) as exc:
+        st.error(f"Nothing was imported: {exc}")
+        return
+    st.session_state[LAST_IMPORT] = result
+    st.session_state[PAGE_KEY] = 1
+    open_project(result.project)
+
+
+def _import_forms(project: str | None, create: bool) -> None:
+    zip_tab, folder_tab = st.tabs(["Upload a zip file", "Folder on this server"])
+    with zip_tab, st.form("zip-import", clear_on_submit=False, border=False):
+        new_name = st.text_input("Project name", key="zip-name") if create else project
+        upload = st.file_uploader("Zip file with the images", type=["zip"])
+        if st.form_submit_button("Import zip", type="primary"):
+            if not new_name or not new_name.strip():
+                st.error("Give the project a name first.")
+            elif upload is None:
+                st.error("Choose a zip file first.")
+            else:
+                _run_import(new_name, create, zip_file=upload)
+    with folder_tab, st.form("folder-import", border=False):
+        new_name = st.text_input("Project name", key="folder-name") if create else project
+        folder = st.text_input(
+            "Folder path", placeholder="/data/line3/camera1",
+            help="A folder on the computer that runs Kensa. Its images are copied into "
+                 "Kensa's data folder; the original is never changed.",
+        )
+        if st.form_submit_button("Import folder", type="primary"):
+            if not new_name or not new_name.strip():
+                st.error("Give the project a name first.")
+            else:
+                _run_import(new_name, create, folder=folder)
+    st.markdown(LAYOUT_HELP)
+
+
+def _show_last_import() -> None:
+    result = st.session_state.get(LAST_IMPORT)
+    if result is None or result.project != name:
+        return
+    files = result.files
+    with st.container(border=True):
+        st.success(
+            f"Imported into **{result.project}**: {len(files.imported)} file(s) copied, "
+            f"{len(files.unchanged)} already there; {result.added} new image(s) in the "
+            f"project ({result.found} usable in total)."
+        )
+        if files.rejected:
+            st.warning(f"{len(files.rejected)} file(s) were not imported:")
+            st.dataframe(
+                pd.DataFrame([{"file": r.name, "reason": r.reason} for r in files.rejected]),
+                hide_index=True, width="stretch",
+            )
+        if result.problems:
+            st.warning(f"{len(result.problems)} file(s) have problems: see the validation "
+                       "report below.")
+        if st.button("Dismiss", key="dismiss-import"):
+            del st.session_state[LAST_IMPORT]
+            st.rerun()
+
+
+# --------------------------------------------------------------------------- new project
+if creating:
+    st.title("New project")
+    st.markdown(
+        "A project is the images of **one part or product seen by one camera**. Give it a "
+        "name and bring the images as a zip file or a folder."
+    )
+    _import_forms(None, create=True)
+    if name is not None and st.button("Cancel"):
+        st.query_params.clear()
+        st.rerun()
+    st.stop()
+
+# --------------------------------------------------------------------------- overview
+overview = dataset_overview(ctx, name)
+st.title(f"Datasets · {name}")
+st.caption(f"Images are read from {overview.data_root}")
+_show_last_import()
+
+if overview.total == 0:
+    st.info(
+        "This project has no usable images yet. Add a zip file or a folder below; if you "
+        "already did, the validation report says what was wrong with the files."
+    )
+
+good = sum(r["good"] for r in overview.counts)
+defect = sum(r["defect"] for r in overview.counts)
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("Images", overview.total)
+m2.metric("Good", good)
+m3.metric("Defect", defect)
+m4.metric("Files with problems", len(overview.problems))
+
+if overview.total:
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Images per split and label**")
+        st.dataframe(pd.DataFrame(overview.counts, columns=["split", "good", "defect", "total"]),
+                     hide_index=True, width="stretch")
+    with right:
+        st.markdown("**Defect images per type**")
+        if overview.defect_types:
+            st.dataframe(pd.DataFrame({"defect type": list(overview.defect_types),
+                                       "images": list(overview.defect_types.values())}),
+                         hide_index=True, width="stretch")
+        else:
+            st.caption("No defect images. That is fine for training; the Evaluation page "
+                       "needs a few to measure how well defects are found.")
+
+with st.expander(f"Validation report ({len(overview.problems)} problem(s))",
+                 expanded=bool(overview.problems) and overview.total == 0):
+    if overview.problems:
+        st.dataframe(pd.DataFrame(overview.problems), hide_index=True, width="stretch")
+        st.caption("Unusable files are left out of the project; fix them and press Re-scan.")
+    else:
+        st.success(f"All {overview.total} images and their masks opened without problems.")
+
+with st.expander("Add images", expanded=overview.total == 0):
+    _import_forms(name, create=False)
+    if st.button("Re-scan the project folder",
+                 help="Pick up images copied into the folder by hand, and check them again."):
+        with st.spinner("Checking every image…"):
+            st.session_state[LAST_IMPORT] = rescan(ctx, name)
+        st.rerun()
+
+if overview.total == 0:
+    st.stop()
+
+# --------------------------------------------------------------------------- gallery
+st.subheader("Gallery", anchor=False)
+
+
+def _reset_page() -> None:
+    st.session_state[PAGE_KEY] = 1
+
+
+f1, f2, f3, f4 = st.columns([1, 1, 1, 1], vertical_alignment="bottom")
+split = f1.selectbox("Split", [ALL, *overview.splits], key="ds_split", on_change=_reset_page)
+label = f2.selectbox("Label", [ALL, *overview.labels], key="ds_label", on_change=_reset_page)
+types = [ALL, *overview.defect_types] if label != "good" else [ALL]
+defect_type = f3.selectbox("Defect type", types, key="ds_type", on_change=_reset_page,
+                           disabled=len(types) == 1)
+show_masks = f4.toggle("Show masks", key="ds_masks", help="Draw the defect masks in red.")
+
+filters = {
+    "split": None if split == ALL else split,
+    "label": None if label == ALL else label,
+    "defect_type": None if defect_type == ALL else defect_type,
+}
+page = int(st.session_state.get(PAGE_KEY, 1))
+items, matching = gallery_page(ctx, name, page=page, per_page=PER_PAGE, **filters)
+pages = max(1, math.ceil(matching / PER_PAGE))
+if page > pages:
+    st.session_state[PAGE_KEY] = pages
+    st.rerun()
+
+if not items:
+    st.info("No image matches these filters.")
+else:
+    grid = st.columns(COLUMNS)
+    for i, item in enumerate(items):
+        with grid[i % COLUMNS]:
+            data = thumbnail(ctx.home, item.path, item.mask_path, show_masks)
+            caption = f"{item.name} · {item.defect_type or item.label}"
+            if data is None:
+                st.warning(f"{item.name}: cannot be opened")
+            else:
+                st.image(data, caption=caption, width="stretch")
+    nav1, nav2 = st.columns([1, 3], vertical_alignment="center")
+    nav1.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key=PAGE_KEY)
+    first = (page - 1) * PER_PAGE + 1
+    nav2.caption(f"Images {first}–{first + len(items) - 1} of {matching}")
+
+    # ----------------------------------------------------------------------- detail
+    st.subheader("Image details", anchor=False)
+    by_id = {item.id: item for item in items}
+    chosen = st.selectbox("Image on this page", list(by_id), key="ds_detail",
+                          format_func=lambda i: by_id[i].name)
+    item = by_id[chosen]
+    pic, meta = st.columns([3, 2])
+    preview = thumbnail(ctx.home, item.path, item.mask_path, show_masks, side=PREVIEW_SIDE,
+                        square=False)
+    if preview is None:
+        pic.error("This file cannot be opened as an image.")
+    else:
+        pic.image(preview, caption=item.name + (" (mask in red)" if show_masks and
+                                                item.mask_path else ""))
+    detail = image_detail(item)
+    meta.dataframe(pd.DataFrame({"": list(detail), "value": list(detail.values())}),
+                   hide_index=True, width="stretch")

@@ -1,0 +1,234 @@
+"""Evaluation: how well a trained model separates good from defect, and where to cut."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from pages.common import TRAINING_PAGE, context, fmt, need_project, route_through_app
+from services.evaluation import (
+    NothingToEvaluate,
+    at_threshold,
+    evaluable_versions,
+    heatmap_overlay,
+    load_evaluation,
+    review_band,
+    roc_pr,
+    save_threshold,
+    threshold_history,
+    worst_errors,
+)
+from services.gallery import thumbnail
+
+GOOD_COLOUR = "#2E8B57"
+DEFECT_COLOUR = "#C0392B"
+LINE_COLOUR = "#1F2A30"
+
+route_through_app()
+ctx = context()
+name = need_project()
+if name is None:
+    st.stop()
+st.title(f"Evaluation · {name}")
+
+versions = evaluable_versions(ctx, name)
+if not versions:
+    st.info("There is no trained model to evaluate yet. Train one first: it takes about a "
+            "minute for a few dozen images.")
+    st.page_link(TRAINING_PAGE, label="Go to Training", icon=":material/model_training:")
+    st.stop()
+
+labels = {v["id"]: v["label"] for v in versions}
+mv_id = st.selectbox("Model version", list(labels), format_func=labels.get, key="ev_model")
+try:
+    ev = load_evaluation(ctx, name, mv_id)
+except NothingToEvaluate as exc:
+    st.warning(f"This model cannot be evaluated: {exc}.")
+    st.stop()
+
+if len(ev.scores) == 0:
+    st.warning("No held-out image of this model is still in the project, so there is nothing "
+               "to measure. Add good and defect test images and train again.")
+    st.stop()
+
+st.markdown(
+    f"Measured on **{len(ev.images)} images the model did not learn from**: "
+    f"{ev.n_good} good and {ev.n_defect} defect."
+    + (f" {ev.unmatched} scored image(s) are no longer in the project and are left out."
+       if ev.unmatched else "")
+)
+if not ev.has_both:
+    missing = "defect" if ev.n_defect == 0 else "good"
+    st.info(f"There are no {missing} images among them, so curves and error rates for "
+            f"{missing} parts cannot be measured. Add a few {missing} test images and train "
+            "again for a full evaluation.")
+
+# --------------------------------------------------------------------------- metrics
+st.subheader("Scores", anchor=False)
+st.dataframe(pd.DataFrame(ev.metrics), hide_index=True, width="stretch")
+for note in ev.notes:
+    st.caption(note)
+
+# --------------------------------------------------------------------------- threshold
+st.subheader("Threshold", anchor=False)
+lo, hi, step = ev.slider_scale()
+current = ev.threshold if ev.threshold is not None else round((lo + hi) / 2 / step) * step
+slider_key = f"ev_thr_{mv_id}"
+threshold = st.slider(
+    "Anomaly score at which a part is called defective",
+    min_value=lo, max_value=hi, value=current, step=step, format="%.4f",
+    key=slider_key,
+    help="Move it right for fewer false alarms (but more missed defects), left for the "
+         "opposite. Nothing is changed until you press Save.",
+)
+st.caption(f"Threshold in use: **{fmt(ev.threshold, 4)}** ({ev.threshold_method or 'none'})"
+           + ("" if ev.is_active else " — this is not the model in use"))
+stats = at_threshold(ev, threshold)
+
+matrix_col, rates_col = st.columns([3, 2])
+with matrix_col:
+    st.markdown("**What happens at this threshold**")
+    st.dataframe(
+        pd.DataFrame(
+            {"called good": [stats["tn"], stats["fn"]],
+             "called defect": [stats["fp"], stats["tp"]]},
+            index=["actually good", "actually defect"],
+        ),
+        width="stretch",
+    )
+with rates_col:
+    r1, r2 = st.columns(2)
+    r1.metric("Missed defects", "—" if stats["missed_defects"] is None
+              else f"{stats['missed_defects']:.0%}",
+              help="Share of defect images called good (false negatives).")
+    r2.metric("False alarms", "—" if stats["false_alarms"] is None
+              else f"{stats['false_alarms']:.0%}",
+              help="Share of good images called defective (false positives).")
+    r3, r4 = st.columns(2)
+    r3.metric("Precision", fmt(stats["precision"], 2),
+              help="Of the images called defective, the share that really are.")
+    r4.metric("Accuracy", fmt(stats["accuracy"], 2))
+
+if ev.is_active:
+    same = ev.threshold is not None and abs(threshold - ev.threshold) < step / 2
+    if st.button("Save threshold", type="primary", icon=":material/save:", disabled=same,
+                 help="Use this threshold for every part inspected from now on. The previous "
+                      "one is kept in the history."):
+        try:
+            row = save_threshold(ctx, name, mv_id, threshold)
+        except (ValueError, LookupError) as exc:
+            st.error(f"The threshold was not saved: {exc}")
+        else:
+            st.toast(f"Threshold {row['raw_value']:.4f} saved")
+            st.session_state["ev_saved"] = row["raw_value"]
+            st.rerun()
+    if "ev_saved" in st.session_state:
+        st.success(f"Saved: the threshold in use is now {st.session_state.pop('ev_saved'):.4f}.")
+else:
+    st.caption("Only the newest model's threshold can be saved (it is the one in use).")
+
+# --------------------------------------------------------------------------- charts
+hist = go.Figure()
+for value, label, colour in ((0, "good", GOOD_COLOUR), (1, "defect", DEFECT_COLOUR)):
+    hist.add_trace(go.Histogram(x=ev.scores[ev.labels == value], name=label, opacity=0.65,
+                                marker_color=colour, nbinsx=30))
+hist.add_vline(x=threshold, line_color=LINE_COLOUR, line_width=2,
+               annotation_text="threshold", annotation_position="top")
+if ev.threshold is not None and abs(threshold - ev.threshold) >= step / 2:
+    hist.add_vline(x=ev.threshold, line_color=LINE_COLOUR, line_dash="dot",
+                   annotation_text="in use", annotation_position="bottom")
+hist.update_layout(barmode="overlay", title="Scores of good and defect images",
+                   xaxis_title="anomaly score", yaxis_title="images", height=340,
+                   margin={"t": 50, "b": 40, "l": 40, "r": 10}, legend_title_text="")
+st.plotly_chart(hist, width="stretch")
+
+curve = roc_pr(ev)
+if curve is not None:
+    roc_col, pr_col = st.columns(2)
+    roc = go.Figure(go.Scatter(x=curve["roc"]["fpr"], y=curve["roc"]["tpr"], mode="lines",
+                               name="ROC", line={"color": "#2F6F8F"}))
+    roc.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="guessing",
+                             line={"dash": "dot", "color": "#999"}))
+    roc.add_trace(go.Scatter(x=[stats["false_alarms"]], y=[stats["recall"]], mode="markers",
+                             name="this threshold", marker={"size": 11, "color": LINE_COLOUR}))
+    roc.update_layout(title="ROC curve", xaxis_title="false alarm rate",
+                      yaxis_title="share of defects found", height=340,
+                      margin={"t": 50, "b": 40, "l": 40, "r": 10})
+    roc_col.plotly_chart(roc, width="stretch")
+    pr = go.Figure(go.Scatter(x=curve["pr"]["recall"], y=curve["pr"]["precision"],
+                              mode="lines", name="PR", line={"color": "#2F6F8F"}))
+    if stats["precision"] is not None:
+        pr.add_trace(go.Scatter(x=[stats["recall"]], y=[stats["precision"]], mode="markers",
+                                name="this threshold",
+                                marker={"size": 11, "color": LINE_COLOUR}))
+    pr.update_layout(title="Precision–recall curve", xaxis_title="share of defects found",
+                     yaxis_title="precision", height=340,
+                     margin={"t": 50, "b": 40, "l": 40, "r": 10})
+    pr_col.plotly_chart(pr, width="stretch")
+
+# --------------------------------------------------------------------------- review band
+band = review_band(ev)
+if band is not None:
+    st.subheader("Review band", anchor=False)
+    c = band["counts"]
+    st.markdown(
+        f"Instead of one threshold, two: below **{band['low']:.4f}** (the lowest defect score "
+        f"seen) a part is **sure good**; from **{band['high']:.4f}** (the highest good score "
+        "seen) up it is **sure defect**; in between a person should **review** it."
+    )
+    st.dataframe(
+        pd.DataFrame([
+            {"zone": "sure good", "scores": f"below {band['low']:.4f}", **c["good"]},
+            {"zone": "review", "scores": f"{band['low']:.4f} to {band['high']:.4f}",
+             **c["review"]},
+            {"zone": "sure defect", "scores": f"{band['high']:.4f} and above", **c["defect"]},
+        ]).rename(columns={"good": "of them good", "defect": "of them defect"}),
+        hide_index=True, width="stretch",
+    )
+    if not band["overlap"]:
+        st.caption("Good and defect scores do not overlap here: any threshold inside the "
+                   "band separates them all.")
+
+# --------------------------------------------------------------------------- worst mistakes
+fps, fns = worst_errors(ev, threshold)
+
+
+def _mistakes(title: str, rows: list, empty: str) -> None:
+    st.markdown(f"**{title}**")
+    if not rows:
+        st.caption(empty)
+        return
+    cols = st.columns(4)
+    for col, row in zip(cols, rows, strict=False):
+        image = heatmap_overlay(ctx.home, row.path, row.heatmap_path) or thumbnail(
+            ctx.home, row.path)
+        caption = f"{row.name} · score {row.score:.4f}" + (
+            f" · {row.defect_type}" if row.defect_type else "")
+        if image is None:
+            col.warning(f"{row.name}: file cannot be opened")
+        else:
+            col.image(image, caption=caption, width="stretch")
+
+
+st.subheader("Worst mistakes at this threshold", anchor=False)
+_mistakes("False alarms: good images called defective", fps,
+          "None: no good image scores at or above the threshold.")
+_mistakes("Missed defects: defect images called good", fns,
+          "None: every defect image scores at or above the threshold.")
+st.caption("Heatmap colours: red is far from anything seen on good parts, blue is normal.")
+
+# --------------------------------------------------------------------------- history
+st.subheader("Threshold history", anchor=False)
+history = threshold_history(ctx, name, mv_id)
+if history:
+    st.dataframe(
+        pd.DataFrame(history).drop(columns=["id"]), hide_index=True, width="stretch",
+        column_config={
+            "threshold": st.column_config.NumberColumn(format="%.4f"),
+            "active": st.column_config.CheckboxColumn("in use"),
+            "saved": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
+        },
+    )
+else:
+    st.caption("No threshold recorded for this model.")

@@ -1,0 +1,91 @@
+"""Home: one status card per project, so the state of every line is visible at a glance."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages.common import (
+    DATASETS_PAGE,
+    EVALUATION_PAGE,
+    TRAINING_PAGE,
+    context,
+    fmt,
+    open_project,
+    route_through_app,
+)
+from services.batches import VALIDATION_PREFIX
+from services.demo import ATTRIBUTION, DEMO_NAME
+from services.projects import list_projects, project_status
+
+route_through_app()
+ctx = context()
+st.title("Kensa")
+st.markdown(
+    "Find defects on parts from a **handful of good images**: import a data set, train a "
+    "detector in a minute on this computer, check how well it separates good from defective "
+    "parts, and set the decision threshold."
+)
+
+projects = list_projects(ctx)
+if not projects:
+    st.info("There is no project yet. Start by importing a folder or a zip file of images.")
+    st.page_link(DATASETS_PAGE, label="Create your first project", icon=":material/add:")
+    st.stop()
+
+for project in projects:
+    status = project_status(ctx, project["name"])
+    images = status["images"]
+    per_label = images["per_label"]
+    model = status["active_model_version"]
+    bank = status["active_bank_version"]
+    threshold = status["active_threshold"]
+    last = status["last_batch"]
+    with st.container(border=True):
+        head, actions = st.columns([3, 2], vertical_alignment="center")
+        head.subheader(project["name"], anchor=False)
+        head.caption(f"Images from {project['data_root']}")
+        buttons = actions.columns(3)
+        for col, (label, page) in zip(
+            buttons,
+            (("Data", DATASETS_PAGE), ("Train", TRAINING_PAGE), ("Evaluate", EVALUATION_PAGE)),
+            strict=True,
+        ):
+            if col.button(label, key=f"open-{page}-{project['id']}", width="stretch"):
+                open_project(project["name"], page)
+
+        c1, c2, c3, c4, c5 = st.columns(5)
+        c1.metric("Good images", per_label.get("good", 0))
+        c2.metric("Defect images", per_label.get("defect", 0),
+                  help=", ".join(f"{k}: {v}" for k, v in images["per_defect_type"].items())
+                  or None)
+        if model is None:
+            c3.metric("Active model", "none yet")
+        else:
+            auroc = model["metrics"].get("image_auroc")
+            c3.metric("Active model", f"v{model['id']}",
+                      help=f"{model['backbone']}; image AUROC {fmt(auroc)} on held-out images")
+        c4.metric("Memory bank", f"v{bank['version']}" if bank else "—",
+                  help=f"{bank['vector_count']} patch vectors" if bank else None)
+        c5.metric("Threshold", fmt(threshold["raw_value"], 4) if threshold else "—",
+                  help=f"method: {threshold['method']}" if threshold else None)
+
+        notes = []
+        for run in status["training"]:
+            notes.append(f"Training v{run['id']} is {run['status']}: {run['stage'] or 'waiting'} "
+                         f"({run['progress']:.0%}).")
+        if last is not None:
+            what = ("held-out images scored when the model was trained"
+                    if last["name"].startswith(VALIDATION_PREFIX) else "images")
+            notes.append(f"Last batch: **{last['name']}** — {last['predictions']} {what}: "
+                         f"{last['defect']} called defect, {last['good']} good "
+                         f"({last['started_at']:%Y-%m-%d %H:%M} UTC).")
+        if status["problems"]:
+            notes.append(f"{status['problems']} file problem(s) found on import — see Datasets.")
+        if model is None and images["total"] and not status["training"]:
+            notes.append("Next step: train a model on the Training page.")
+        if images["total"] == 0:
+            notes.append("Next step: add images on the Datasets page.")
+        for note in notes:
+            st.markdown(note)
+        if project["name"] == DEMO_NAME:
+            st.caption(ATTRIBUTION)

@@ -1,0 +1,161 @@
+"""Training: the recommended detector, its few settings, one button, live progress, history."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from pages.common import DATASETS_PAGE, EVALUATION_PAGE, context, need_project, route_through_app
+from services.train_setup import (
+    IMAGE_SIZE_RANGE,
+    IMAGE_SIZE_STEP,
+    SEED_MAX,
+    STUCK_QUEUED_S,
+    active_runs,
+    cancel,
+    run_history,
+    start_training,
+    training_setup,
+)
+
+route_through_app()
+ctx = context()
+name = need_project()
+if name is None:
+    st.stop()
+
+st.title(f"Training · {name}")
+setup = training_setup(ctx, name)
+
+if not setup.can_train:
+    st.warning(
+        "This project has no good training images yet. A model learns what a good part looks "
+        "like, so it needs at least one image in train/good/ (or good/)."
+    )
+    st.page_link(DATASETS_PAGE, label="Add images on the Datasets page",
+                 icon=":material/photo_library:")
+    st.stop()
+
+# --------------------------------------------------------------------------- recommendation
+with st.container(border=True):
+    st.markdown(f"**Recommended model: {setup.title}**")
+    for reason in setup.reasons:
+        st.markdown(f"- {reason}")
+
+# --------------------------------------------------------------------------- parameters
+st.subheader("Settings", anchor=False)
+st.caption("The defaults suit most parts. Change them only when you know why.")
+left, right = st.columns(2)
+with left:
+    use_all = st.radio(
+        "Good images to learn from",
+        ["all", "some"],
+        format_func=lambda v: (f"All {setup.n_good_train} good training images" if v == "all"
+                               else "A chosen number (to see how few are enough)"),
+        key="tr_use_all",
+    )
+    shots: int | None = None
+    limit = setup.max_shots_for_threshold()
+    if use_all == "some":
+        shots = int(st.number_input(
+            "Number of good images", min_value=1, max_value=max(1, setup.n_good_train),
+            value=min(8, setup.n_good_train), step=1, key="tr_shots",
+            help="Which ones is decided by the seed below. The others are kept aside to check "
+                 "the model and to choose the threshold.",
+        ))
+    if limit < setup.n_good_train and (shots or setup.n_good_train) > limit:
+        st.warning(
+            f"With no defect images, keep at least 2 good images out of training (use at most "
+            f"{limit}) — the threshold is set from the scores of the good images left out."
+        )
+    seed = int(st.number_input(
+        "Seed", min_value=0, max_value=SEED_MAX, value=0, step=1, key="tr_seed",
+        help="Same seed, same images, same model: use it to repeat a run exactly, or change "
+             "it to see how much the result depends on which images were picked.",
+    ))
+with right:
+    lo, hi = IMAGE_SIZE_RANGE
+    image_size = st.slider(
+        "Image size (pixels, longer side)", min_value=lo, max_value=hi,
+        value=setup.default_image_size, step=IMAGE_SIZE_STEP, key="tr_size",
+        help="Images are scaled to this size before the model looks at them. Larger sizes "
+             "see smaller defects but train and inspect more slowly and need more memory.",
+    )
+    names = [b.name for b in setup.backbones]
+    by_name = {b.name: b for b in setup.backbones}
+    backbone = st.selectbox(
+        "Backbone (the pretrained network that describes image patches)",
+        names,
+        index=names.index(setup.default_backbone),
+        format_func=lambda n: n + (" — needs network" if by_name[n].needs_network else ""),
+        key="tr_backbone",
+    )
+    st.caption(by_name[backbone].description)
+    if by_name[backbone].needs_network:
+        st.warning("This backbone downloads its weights from the internet the first time. "
+                   "On a computer without internet access the training will fail.")
+
+busy = bool(setup.active)
+if st.button("Train", type="primary", icon=":material/play_arrow:", disabled=busy,
+             help="Training runs in the background: you can leave this page meanwhile."):
+    try:
+        run_id = start_training(ctx, name, shots=shots, seed=seed, backbone=backbone,
+                                image_size=int(image_size))
+    except (ValueError, LookupError, OSError) as exc:
+        st.error(f"Training could not start: {exc}")
+    else:
+        st.toast(f"Training v{run_id} started")
+        st.rerun()
+if busy:
+    st.caption("A training is running for this project; wait for it or cancel it below.")
+
+
+# --------------------------------------------------------------------------- live progress
+def _live(watched: tuple[int, ...]) -> None:
+    """Progress panel and run history, redrawn every second from the database while a run
+    is going (the row is the state, so a page reload loses nothing)."""
+    runs = active_runs(ctx, name)
+    if watched and not runs:
+        st.rerun()  # a watched run ended: redraw the whole page (Train button, links)
+    for run in runs:
+        with st.container(border=True):
+            stage = run["stage"] or ("waiting for the worker" if run["status"] == "queued"
+                                     else "starting")
+            st.markdown(f"**Training v{run['id']}** — {run['status']}")
+            st.progress(min(max(float(run["progress"]), 0.0), 1.0),
+                        text=f"{stage} · {run['progress']:.0%}")
+            if run["waiting_s"] > STUCK_QUEUED_S:
+                st.warning(
+                    f"The background worker has not started after {run['waiting_s']:.0f} s. "
+                    "It may have failed to start (its log is worker.log in the model's folder "
+                    "under the Kensa data folder). Cancel and try again."
+                )
+            if st.button("Cancel", key=f"cancel-{run['id']}", icon=":material/stop:"):
+                cancel(ctx, run["id"])
+                st.rerun()
+
+    st.subheader("Run history", anchor=False)
+    history = run_history(ctx, name)
+    if not history:
+        st.info("No training yet. Press **Train** to fit the first model; the demo project "
+                "trains in well under a minute.")
+        return
+    latest = history[0]
+    if latest["status"] == "done":
+        st.success(f"Latest model {latest['version']} is ready.")
+        st.page_link(EVALUATION_PAGE, label="See how well it works on the Evaluation page",
+                     icon=":material/analytics:")
+    elif latest["status"] == "failed":
+        st.error(f"Training {latest['version']} failed: {latest['note'] or 'no details'}")
+    st.dataframe(
+        pd.DataFrame(history), hide_index=True, width="stretch",
+        column_config={
+            "started": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
+        },
+    )
+    st.caption("AUROC: 1.0 separates good from defect perfectly, 0.5 is guessing. "
+               "Scores are measured on images the model did not learn from.")
+
+
+watched = tuple(run["id"] for run in setup.active)
+st.fragment(_live, run_every=1.0 if watched else None)(watched)

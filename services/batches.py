@@ -1,0 +1,278 @@
+"""Scoring into the database: batches of predictions made with the active bank and threshold.
+
+Two rules per threshold row (both :class:`services.scoring.ThresholdInfo`):
+
+* the **decision rule** is the active threshold: verdict, confidence and regions;
+* the **calibration** is the threshold the bank version was validated with: normalized scores
+  and heatmaps. It stays fixed while a person moves the threshold, so normalized scores of
+  batches scored before and after a threshold change stay comparable (drift charts), and a
+  threshold's own ``normalized_value`` says where it sits on that scale (0.5 = validated).
+
+Models are never cached here: pages wrap :func:`load_model` in ``st.cache_resource`` keyed by
+the bank sha256 and pass the result back in as ``model=``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+import db.repositories as repo
+from db.models import Project, Threshold
+from engine.models.fewshot import FewShotPatchCore
+from services.context import Kensa
+from services.projects import active_model_version, require_project
+from services.scoring import (
+    ImagePrediction,
+    ScoringProblem,
+    ThresholdInfo,
+    image_files,
+    iter_predictions,
+    save_heatmap,
+)
+
+#: Predictions committed per transaction: short write locks, so a concurrent process is never
+#: starved, and a crash loses at most this many (the rescoring resumes by sha256).
+CHUNK = 16
+VALIDATION_SOURCE = "validation"
+VALIDATION_PREFIX = "validation-m"
+
+
+def validation_batch_name(model_version_id: int) -> str:
+    """Batch holding a model version's held-out scores (the Evaluation page reads it)."""
+    return f"{VALIDATION_PREFIX}{model_version_id}"
+
+
+def threshold_params(
+    params: dict[str, Any], normal_scores: Iterable[float], calibration: float
+) -> dict[str, Any]:
+    """JSON kept with a threshold row: what rebuilding its two rules needs."""
+    return {
+        **params,
+        "normal_scores": [float(s) for s in normal_scores],
+        "calibration": float(calibration),
+    }
+
+
+def rules_of(threshold: Threshold) -> tuple[ThresholdInfo, ThresholdInfo]:
+    """(decision rule, calibration) of a stored threshold row."""
+    normal = tuple(float(s) for s in threshold.params.get("normal_scores", ()))
+    calibration = float(threshold.params.get("calibration", threshold.raw_value))
+    return (
+        ThresholdInfo(float(threshold.raw_value), threshold.method, normal),
+        ThresholdInfo(calibration, "calibration", normal),
+    )
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    """What scoring a project uses right now (rows only; the model is loaded separately)."""
+
+    project_id: int
+    model_version_id: int
+    model_dir: Path
+    bank_version_id: int
+    bank_version: int
+    bank_file: Path
+    bank_sha256: str
+    threshold_id: int
+    rule: ThresholdInfo
+    calibration: ThresholdInfo
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model with the sha256 of the bank it holds, so a cached one cannot score stale."""
+
+    model: FewShotPatchCore
+    bank_sha256: str
+
+
+def active_model(ctx: Kensa, session: Session, project: Project) -> ActiveModel:
+    """Active bank + threshold of the project's newest finished model version."""
+    mv = active_model_version(session, project.id)
+    if mv is None or mv.artifact_dir is None:
+        raise LookupError(
+            f"project {project.name!r} has no trained model yet; run `train {project.name}`"
+        )
+    bank = repo.get_active_bank_version(session, mv.id)
+    threshold = repo.get_active_threshold(session, bank.id) if bank else None
+    if bank is None or bank.file_path is None or bank.sha256 is None or threshold is None:
+        raise LookupError(f"model version {mv.id} of {project.name!r} has no active bank")
+    rule, calibration = rules_of(threshold)
+    return ActiveModel(
+        project.id, mv.id, ctx.resolve(mv.artifact_dir), bank.id, bank.version,
+        ctx.resolve(bank.file_path), bank.sha256, threshold.id, rule, calibration,
+    )  # fmt: skip
+
+
+def get_active_model(ctx: Kensa, name: str) -> ActiveModel:
+    with ctx.session(readonly=True) as s:
+        return active_model(ctx, s, require_project(s, name))
+
+
+def load_model(active: ActiveModel, device: str | None = None) -> LoadedModel:
+    """Load the active bank (sha256 checked by ``MemoryBank.load``; a mismatch is refused)."""
+    model = FewShotPatchCore.load(
+        active.model_dir, device=device, bank_file=active.bank_file,
+        bank_sha256=active.bank_sha256,
+    )
+    return LoadedModel(model, active.bank_sha256)
+
+
+def prediction_row(
+    ctx: Kensa,
+    pred: ImagePrediction,
+    calibration: ThresholdInfo,
+    heatmap: Path | None,
+    bank_version_id: int | None,
+    threshold_id: int | None,
+) -> dict[str, Any]:
+    """A ``predictions`` row for one scored image (normalized on the bank's calibration)."""
+    return {
+        "image_sha256": pred.sha256,
+        "image_path": pred.path,
+        "bank_version_id": bank_version_id,
+        "threshold_id": threshold_id,
+        "raw_score": float(pred.raw_score),
+        "normalized_score": float(calibration.normalized(pred.raw_score)),
+        "verdict": pred.verdict,
+        "confidence": float(pred.confidence),
+        "regions": pred.regions,
+        "heatmap_path": None if heatmap is None else ctx.stored(heatmap),
+    }
+
+
+@dataclass
+class BatchResult:
+    batch_id: int
+    name: str
+    created: bool
+    files: int
+    scored: int
+    skipped: int
+    bank_version: int
+    threshold: float
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[dict[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _open_batch(ctx: Kensa, project: Project, name: str, source: str) -> tuple[int, bool]:
+    """The batch named ``name``, created if new (a concurrent creator wins harmlessly)."""
+    for _ in range(2):
+        try:
+            with ctx.session() as s:
+                batch = repo.get_batch_by_name(s, project.id, name)
+                if batch is not None:
+                    return batch.id, False
+                return repo.create_batch(s, project.id, name, source).id, True
+        except IntegrityError:  # PostgreSQL: another process created it between read and insert
+            continue
+    raise RuntimeError(f"could not create batch {name!r}")
+
+
+def score_batch(
+    ctx: Kensa,
+    name: str,
+    path: str | Path,
+    batch_name: str,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    model: LoadedModel | None = None,
+    chunk: int = CHUNK,
+) -> BatchResult:
+    """Score an image or a folder into batch ``batch_name`` of project ``name``.
+
+    Images already in the batch (same sha256) are skipped, so rescoring resumes an interrupted
+    run. Unreadable files are reported by name and skipped. Each heatmap is written before the
+    row that points at it; rows are committed ``chunk`` at a time.
+    """
+    batch_name = batch_name.strip()
+    if not batch_name:
+        raise ValueError("a batch needs a name")
+    if batch_name.startswith(VALIDATION_PREFIX):
+        raise ValueError(f"batch names starting with {VALIDATION_PREFIX!r} are reserved for "
+                         "a model's validation scores; choose another batch name")
+    files = image_files(Path(path))  # FileNotFoundError names the path
+    with ctx.session(readonly=True) as s:
+        project = require_project(s, name)
+        active = active_model(ctx, s, project)
+    if model is not None and model.bank_sha256 != active.bank_sha256:
+        raise ValueError("the given model holds another bank than the active one; reload it")
+    batch_id, created = _open_batch(ctx, project, batch_name, str(Path(path).resolve()))
+    with ctx.session(readonly=True) as s:
+        skip = repo.scored_shas(s, batch_id)
+    loaded = model or load_model(active)
+    result = BatchResult(batch_id, batch_name, created, len(files), 0, 0, active.bank_version,
+                         active.rule.value)
+    pending: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if pending:
+            with ctx.session() as s:
+                result.scored += repo.add_predictions(s, batch_id, pending)
+            pending.clear()
+
+    # ``skip`` grows as we go, so a file present twice in the folder is scored once.
+    for item in iter_predictions(loaded.model, files, active.rule, skip, progress):
+        if isinstance(item, ScoringProblem):
+            result.problems.append({"path": item.path, "problem": item.message})
+            continue
+        skip.add(item.sha256)
+        heatmap = ctx.heatmap_path(project.id, batch_id, item.sha256)
+        save_heatmap(item.score_map, active.calibration, heatmap)
+        row = prediction_row(ctx, item, active.calibration, heatmap, active.bank_version_id,
+                             active.threshold_id)
+        pending.append(row)
+        result.predictions.append({**row, "heatmap_path": str(heatmap)})
+        if len(pending) >= chunk:
+            flush()
+    flush()
+    with ctx.session() as s:
+        repo.finish_batch(s, batch_id)
+    # Already in the batch, or the same content twice in the folder.
+    result.skipped = len(files) - len(result.problems) - len(result.predictions)
+    return result
+
+
+def list_batches(ctx: Kensa, name: str) -> list[dict[str, Any]]:
+    """Batches oldest first, with prediction and verdict counts."""
+    with ctx.session(readonly=True) as s:
+        project = require_project(s, name)
+        return [dict(b.__dict__) for b in repo.batch_summaries(s, project.id)]
+
+
+def batch_predictions(ctx: Kensa, name: str, batch_name: str) -> list[dict[str, Any]]:
+    """Stored predictions of a batch with the image's label when it is a dataset image.
+
+    The Evaluation page reads the ``validation-m<id>`` batch this way: curves, histograms and
+    the worst false positives / negatives come from these rows, not from re-scoring.
+    """
+    with ctx.session(readonly=True) as s:
+        project = require_project(s, name)
+        batch = repo.get_batch_by_name(s, project.id, batch_name)
+        if batch is None:
+            raise LookupError(f"project {name!r} has no batch named {batch_name!r}")
+        labels = {i.sha256: i for i in repo.list_images(s, project.id)}
+        out = []
+        for p in repo.list_predictions(s, batch.id):
+            image = labels.get(p.image_sha256)
+            out.append({
+                "id": p.id, "image_sha256": p.image_sha256, "image_path": p.image_path,
+                "label": image.label if image else None,
+                "defect_type": image.defect_type if image else None,
+                "bank_version_id": p.bank_version_id, "threshold_id": p.threshold_id,
+                "raw_score": p.raw_score, "normalized_score": p.normalized_score,
+                "verdict": p.verdict, "confidence": p.confidence, "regions": p.regions,
+                "heatmap_path": str(ctx.resolve(p.heatmap_path)) if p.heatmap_path else None,
+                "reviewed_verdict": p.reviewed_verdict, "created_at": p.created_at,
+            })
+        return out

@@ -1,0 +1,397 @@
+"""Kensa's command line: the same use cases the pages call.
+
+File-based runs (no database)::
+
+    python -m services.cli train --data DIR --out RUN_DIR [--shots K --seed S --set KEY=VALUE]
+    python -m services.cli score --run RUN_DIR PATH [--json]
+
+Projects (database under ``KENSA_HOME``, or ``DATABASE_URL``; the schema is upgraded on start)::
+
+    python -m services.cli project create NAME --data DIR
+    python -m services.cli project list | project status NAME
+    python -m services.cli train NAME [--shots K --seed S --set KEY=VALUE ...]
+    python -m services.cli score NAME PATH --batch BATCH
+    python -m services.cli history NAME [--json]
+    python -m services.cli rollback NAME --to VERSION
+    python -m services.cli threshold set NAME VALUE
+    python -m services.cli update-bank NAME PATH [PATH ...] [--note TEXT]
+
+``train`` and ``score`` choose their mode by whether ``--data`` / ``--run`` is given.
+``--json`` may come before or after the command. Errors: one line on stderr, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from tqdm import tqdm
+
+
+def _progress_bar(enabled: bool) -> tuple[Callable[[str, float], None], Callable[[], None]]:
+    """A tqdm bar on stderr driven by ``(stage, fraction)`` callbacks."""
+    bar = tqdm(total=100, unit="%", file=sys.stderr, disable=not enabled,
+               bar_format="{desc:<28} {percentage:3.0f}%|{bar}| {elapsed}")
+
+    def update(stage: str, fraction: float) -> None:
+        bar.set_description_str(stage)
+        bar.n = round(100 * fraction)
+        bar.refresh()
+
+    return update, bar.close
+
+
+def _json_default(value: object) -> str:
+    """Timestamps as ISO 8601 (``2026-11-25T06:26:08+00:00``), paths and the rest as text."""
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _print(payload: object, as_json: bool, text: str) -> None:
+    print(json.dumps(payload, indent=2, default=_json_default) if as_json else text)
+
+
+def cmd_train_files(args: argparse.Namespace) -> int:
+    from engine.data import discover
+    from services.runs import save_run
+    from services.training import train_model
+
+    index = discover(args.data)
+    for problem in index.problems:
+        print(f"warning: {problem.path}: {problem.message}", file=sys.stderr)
+    update, close = _progress_bar(not args.quiet)
+    try:
+        outcome = train_model(index, shots=args.shots, seed=args.seed, params=args.params,
+                              progress=update)
+    finally:
+        close()
+    digests = save_run(outcome, Path(args.out), Path(args.data), args.shots, args.seed)
+    summary = {
+        "run": str(Path(args.out).resolve()),
+        "shots": len(outcome.shots),
+        "bank_size": outcome.fit.bank_size,
+        "fit_s": round(outcome.fit.fit_seconds, 2),
+        "threshold": {"method": outcome.threshold.method, "value": outcome.threshold.value},
+        "validation_images": len(outcome.validation.paths),
+        "metrics": outcome.metrics,
+        "artifacts": digests,
+        "problems": [f"{p.path}: {p.message}" for p in index.problems] + outcome.skipped,
+    }
+    metrics = ", ".join(f"{k}={v:.3f}" for k, v in outcome.metrics.items())
+    _print(summary, args.json,
+           f"trained on {len(outcome.shots)} images, bank {outcome.fit.bank_size} vectors, "
+           f"threshold {outcome.threshold.value:.4f} ({outcome.threshold.method})"
+           + (f"; validation {metrics}" if metrics else "") + f"\nwrote {args.out}")
+    return 0
+
+
+def cmd_score_files(args: argparse.Namespace) -> int:
+    from services.runs import load_run
+    from services.scoring import ScoringProblem, image_files, iter_predictions
+
+    model, rule = load_run(Path(args.run))
+    paths = image_files(Path(args.path))
+    rows, problems = [], []
+    with tqdm(total=len(paths), file=sys.stderr, disable=args.quiet, unit="img") as bar:
+        for item in iter_predictions(model, paths, rule,
+                                     progress=lambda done, total: bar.update(1)):
+            if isinstance(item, ScoringProblem):
+                problems.append({"path": item.path, "problem": item.message})
+            else:
+                rows.append(item.as_dict())
+    lines = [f"{r['verdict']:>6}  {r['raw_score']:.4f}  conf {r['confidence']:.2f}  {r['path']}"
+             for r in rows] + [f" ERROR  {p['path']}: {p['problem']}" for p in problems]
+    _print({"threshold": rule.value, "predictions": rows, "problems": problems},
+           args.json, "\n".join(lines))
+    return 1 if problems and not rows else 0
+
+
+# --------------------------------------------------------------------------- projects
+
+
+def _ctx() -> Any:
+    from services.context import Kensa
+
+    return Kensa.create()
+
+
+def _fmt_time(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def cmd_project_create(args: argparse.Namespace) -> int:
+    from services.projects import create_project
+
+    report = create_project(_ctx(), args.name, args.data)
+    for problem in report.problems:
+        print(f"warning: {problem['message']}", file=sys.stderr)
+    verb = "created" if report.created else "re-imported"
+    _print(report.as_dict(), args.json,
+           f"{verb} project {report.name!r} (id {report.project_id}) from {report.data_root}: "
+           f"{report.found} images, {report.added} new, {len(report.problems)} problem(s)")
+    return 0
+
+
+def cmd_project_list(args: argparse.Namespace) -> int:
+    from services.projects import list_projects
+
+    projects = list_projects(_ctx())
+    _print(projects, args.json,
+           "\n".join(f"{p['id']:>4}  {p['name']:<24} {p['data_root']}" for p in projects)
+           or "no projects yet")
+    return 0
+
+
+def cmd_project_status(args: argparse.Namespace) -> int:
+    from services.projects import project_status
+
+    status = project_status(_ctx(), args.name)
+    images, model = status["images"], status["active_model_version"]
+    bank, threshold = status["active_bank_version"], status["active_threshold"]
+    lines = [
+        f"project {args.name}: {images['total']} images {images['per_label']}, "
+        f"{status['problems']} problem(s)",
+        f"model: {'none' if model is None else 'v' + str(model['id'])}; "
+        f"bank: {'-' if bank is None else 'v' + str(bank['version'])}; "
+        f"threshold: {'-' if threshold is None else format(threshold['raw_value'], '.4f')}",
+    ]
+    _print(status, args.json, "\n".join(lines))
+    return 0
+
+
+def cmd_train_project(args: argparse.Namespace) -> int:
+    from services.project_training import train_project
+
+    update, close = _progress_bar(not args.quiet)
+    try:
+        mv = train_project(_ctx(), args.name, shots=args.shots, seed=args.seed,
+                           params=args.params, progress=update)
+    finally:
+        close()
+    metrics = mv["metrics"]
+    shown = ", ".join(f"{k}={metrics[k]:.3f}" for k in
+                      ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "aupro")
+                      if k in metrics)
+    thr = metrics["threshold"]
+    _print(mv, args.json,
+           f"model version {mv['id']} done in {mv['fit_seconds']:.1f} s fit: "
+           f"{len(metrics['shots'])} shots, threshold {thr['value']:.4f} ({thr['method']})"
+           + (f"; validation {shown}" if shown else ""))
+    return 0
+
+
+def cmd_score_project(args: argparse.Namespace) -> int:
+    from services.batches import score_batch
+
+    with tqdm(file=sys.stderr, disable=args.quiet, unit="img") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = score_batch(_ctx(), args.name_or_path, args.path, args.batch,
+                             progress=progress)
+    for p in result.problems:
+        print(f"warning: skipped {p['path']}: {p['problem']}", file=sys.stderr)
+    lines = [f"{r['verdict']:>6}  {r['raw_score']:.4f}  norm {r['normalized_score']:.2f}  "
+             f"conf {r['confidence']:.2f}  {r['image_path']}" for r in result.predictions]
+    lines.append(f"batch {result.name!r}: {len(result.predictions)} scored, {result.skipped} "
+                 f"already scored, {len(result.problems)} unreadable "
+                 f"(bank v{result.bank_version}, threshold {result.threshold:.4f})")
+    _print(result.as_dict(), args.json, "\n".join(lines))
+    return 1 if result.problems and not result.predictions and not result.skipped else 0
+
+
+def _state(in_use: bool, active: bool) -> str:
+    return "IN USE" if in_use else ("active" if active else "      ")
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from services.history import history
+
+    h = history(_ctx(), args.name)
+    lines = [f"project {h['project']}  (active model version: {h['active_model_version']})",
+             "memory bank versions:"]
+    for b in h["memory_bank_versions"]:
+        parent = f"v{b['parent']}" if b["parent"] else "-"
+        lines.append(f"  m{b['model_version_id']} v{b['version']:<3} {b['kind']:<12} "
+                     f"parent {parent:<4} {b['vector_count']:>7} x {b['dim']:<4} "
+                     f"{b['sha256'][:12]}  {'ACTIVE' if b['active'] else '      '}  "
+                     f"{_fmt_time(b['created_at'])}  {b['note'] or ''}")
+    lines.append("thresholds:")
+    for t in h["thresholds"]:
+        norm = "-" if t["normalized_value"] is None else f"{t['normalized_value']:.3f}"
+        lines.append(f"  #{t['id']:<4} m{t['model_version_id']} bank v{t['bank_version']:<3} "
+                     f"{t['method']:<13} raw {t['raw_value']:<10.4f} norm {norm:<6} "
+                     f"{_state(t['in_use'], t['active'])}  by {t['created_by'] or '-':<12}"
+                     f" {_fmt_time(t['created_at'])}")
+    lines.append("batches:")
+    for b in h["batches"]:
+        lines.append(f"  {b['name']:<24} {b['predictions']:>5} predictions "
+                     f"({b['defect']} defect, {b['good']} good)  {_fmt_time(b['started_at'])}")
+    lines.append(f"predictions: {h['predictions_count']}")
+    _print(h, args.json, "\n".join(lines))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from services.history import rollback
+
+    bank = rollback(_ctx(), args.name, args.to, note=args.note)
+    thr = bank["threshold"]
+    _print(bank, args.json,
+           f"bank v{bank['version']} (rollback to v{bank['parent']}) is active"
+           + (f"; threshold {thr['raw_value']:.4f} ({thr['method']})" if thr else ""))
+    return 0
+
+
+def cmd_threshold_set(args: argparse.Namespace) -> int:
+    from services.history import set_threshold
+
+    row = set_threshold(_ctx(), args.name, args.value, created_by=args.by)
+    _print(row, args.json,
+           f"threshold {row['raw_value']:.4f} (normalized {row['normalized_value']:.3f}) is "
+           f"active for bank v{row['bank_version']}; the previous one is kept in history")
+    return 0
+
+
+def cmd_update_bank(args: argparse.Namespace) -> int:
+    from services.history import update_bank
+
+    update, close = _progress_bar(not args.quiet)
+    try:
+        bank = update_bank(_ctx(), args.name, args.paths, note=args.note, progress=update)
+    finally:
+        close()
+    for p in bank["problems"]:
+        print(f"warning: skipped {p['path']}: {p['problem']}", file=sys.stderr)
+    thr = bank["threshold"]
+    _print(bank, args.json,
+           f"bank v{bank['version']} (parent v{bank['parent']}, {bank['vector_count']} vectors, "
+           f"{len(bank['source_images'])} new image(s)) is active; threshold "
+           f"{thr['raw_value']:.4f} ({thr['method']})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.data is not None:
+        if args.name is not None or args.out is None:
+            raise ValueError("file mode is `train --data DIR --out RUN_DIR`; "
+                             "project mode is `train NAME`")
+        return cmd_train_files(args)
+    if args.name is None or args.out is not None:
+        raise ValueError("give a project name (`train NAME`) or `--data DIR --out RUN_DIR`")
+    return cmd_train_project(args)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    if args.run is not None:
+        if args.path is not None or args.batch is not None:
+            raise ValueError("file mode is `score --run RUN_DIR PATH` (one path, no batch)")
+        args.path = args.name_or_path
+        return cmd_score_files(args)
+    if args.path is None or args.batch is None:
+        raise ValueError("project mode is `score NAME PATH --batch BATCH`")
+    return cmd_score_project(args)
+
+
+def _param(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with a JSON value when it parses (``image_size=96``), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m services.cli",
+                                     description="Kensa few-shot defect inspection")
+    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output on stdout")
+    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, parent: Any = sub, **kw: Any) -> argparse.ArgumentParser:
+        return parent.add_parser(name, parents=[common], **kw)
+
+    project = sub.add_parser("project", help="create, list or inspect projects")
+    psub = project.add_subparsers(dest="action", required=True)
+    create = add("create", psub, help="import a dataset folder (again: adds new images only)")
+    create.add_argument("name")
+    create.add_argument("--data", required=True, help="dataset folder (MVTec or flat layout)")
+    create.set_defaults(func=cmd_project_create)
+    add("list", psub, help="list projects").set_defaults(func=cmd_project_list)
+    status = add("status", psub, help="images, active model, bank, threshold, last batch")
+    status.add_argument("name")
+    status.set_defaults(func=cmd_project_status)
+
+    train = add("train", help="train a project (NAME) or a file run (--data --out)")
+    train.add_argument("name", nargs="?", help="project name")
+    train.add_argument("--data", help="file mode: dataset folder (MVTec or flat layout)")
+    train.add_argument("--out", help="file mode: run folder to write")
+    train.add_argument("--shots", type=int, default=None, help="good images to train on")
+    train.add_argument("--seed", type=int, default=0, help="which shots (and coreset seed)")
+    train.add_argument("--set", dest="param_items", action="append", type=_param, default=[],
+                       metavar="KEY=VALUE", help="model parameter, e.g. --set image_size=256")
+    train.set_defaults(func=cmd_train)
+
+    score = add("score", help="score an image or folder into a batch (or with --run)")
+    score.add_argument("name_or_path", metavar="NAME", help="project name (file mode: PATH)")
+    score.add_argument("path", nargs="?", metavar="PATH", help="image file or folder")
+    score.add_argument("--batch", help="batch name (created if new; rescoring skips known)")
+    score.add_argument("--run", help="file mode: run folder written by train --out")
+    score.set_defaults(func=cmd_score)
+
+    hist = add("history", help="bank versions, thresholds and batches of a project")
+    hist.add_argument("name")
+    hist.set_defaults(func=cmd_history)
+
+    back = add("rollback", help="make an earlier bank version active again (as a new version)")
+    back.add_argument("name")
+    back.add_argument("--to", type=int, required=True, metavar="VERSION")
+    back.add_argument("--note")
+    back.set_defaults(func=cmd_rollback)
+
+    threshold = sub.add_parser("threshold", help="set the decision threshold")
+    tsub = threshold.add_subparsers(dest="action", required=True)
+    tset = add("set", tsub, help="new active threshold (raw score); the old one is kept")
+    tset.add_argument("name")
+    tset.add_argument("value", type=float)
+    tset.add_argument("--by", default="cli", help="who set it (kept in history)")
+    tset.set_defaults(func=cmd_threshold_set)
+
+    upd = add("update-bank", help="add new good images to the active memory bank")
+    upd.add_argument("name")
+    upd.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    upd.add_argument("--note")
+    upd.set_defaults(func=cmd_update_bank)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.params = dict(getattr(args, "param_items", []) or [])
+    try:
+        return args.func(args)
+    except (ValueError, LookupError, OSError, RuntimeError, SQLAlchemyError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,336 @@
+"""Bank versions, thresholds and rollback: the part of a project that is history, never edited.
+
+* ``set_threshold`` adds a threshold row and deactivates the old one;
+* ``update_bank`` turns a few new good images into bank version n+1 (parent n) with a
+  re-validated threshold;
+* ``rollback`` appends a ``rollback`` version that reuses an earlier version's file.
+
+Crash safety (SIGKILL at any point): files are written atomically first, under names no row
+uses yet; the rows follow in ONE transaction. A kill leaves at worst an orphaned file, never a
+row pointing at a missing or partial one, and never a bank version without its threshold.
+Bank files are immutable once a row points at them, which is why a rollback can point at the
+restored version's own file instead of copying it (its sha256 is verified first).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import db.repositories as repo
+from db.models import BankKind
+from engine import thresholds
+from engine.data import ImageLoadError, load_image, sha256_file
+from engine.memory_bank import IncrementalMemoryBank, MemoryBank
+from engine.models.augment_views import grid_coordinates, iter_views, views_for
+from engine.models.fewshot import FewShotPatchCore
+from engine.models.preprocess import GRID_STRIDE, to_tensor
+from services.batches import (
+    ActiveModel,
+    active_model,
+    get_active_model,
+    load_model,
+    threshold_params,
+    validation_batch_name,
+)
+from services.context import Kensa
+from services.projects import active_model_version, require_project
+from services.scoring import ThresholdInfo, image_files
+from services.training import Validation, choose_threshold
+from services.worker import spawn
+
+ProgressFn = Callable[[str, float], None]
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def set_threshold(ctx: Kensa, name: str, value: float, method: str = "manual",
+                  created_by: str | None = None) -> dict[str, Any]:
+    """Make ``value`` the active threshold of the active bank; the old row stays, inactive.
+
+    The bank's calibration (median good score, validated threshold) is carried over, so
+    normalized scores keep their meaning and ``normalized_value`` shows where the new
+    threshold sits on that scale (0.5 = the validated one).
+    """
+    value = thresholds.manual(value).value  # refuses NaN / inf with a clear message
+    with ctx.session() as s:
+        project = require_project(s, name)
+        active = active_model(ctx, s, project)
+        current = repo.get_threshold(s, active.threshold_id)
+        row = repo.add_threshold(
+            s, active.bank_version_id, method=method, raw_value=value,
+            normalized_value=float(active.calibration.normalized(value)),
+            params=threshold_params({"previous": current.raw_value},
+                                    current.params.get("normal_scores", ()),
+                                    active.calibration.value),
+            created_by=created_by,
+        )
+        return _threshold_dict(row, active.model_version_id, active.bank_version)
+
+
+def _threshold_dict(row: Any, model_version_id: int, bank_version: int) -> dict[str, Any]:
+    return {
+        "id": row.id, "model_version_id": model_version_id, "bank_version": bank_version,
+        "method": row.method, "raw_value": row.raw_value,
+        "normalized_value": row.normalized_value, "active": row.active,
+        "created_by": row.created_by, "created_at": row.created_at,
+    }
+
+
+# --------------------------------------------------------------------------- bank update
+
+
+def _validation_set(ctx: Kensa, name: str, active: ActiveModel) -> list[tuple[str, str, int]]:
+    """(path, sha256, label) of the active model's stored validation images."""
+    with ctx.session(readonly=True) as s:
+        project = require_project(s, name)
+        batch = repo.get_batch_by_name(s, project.id, validation_batch_name(
+            active.model_version_id))
+        if batch is None:
+            return []
+        labels = {i.sha256: i.label for i in repo.list_images(s, project.id)}
+        return [(p.image_path, p.image_sha256, int(labels.get(p.image_sha256) == "defect"))
+                for p in repo.list_predictions(s, batch.id) if p.image_sha256 in labels]
+
+
+def _revalidate(model: FewShotPatchCore, items: list[tuple[str, str, int]],
+                exclude: set[str], progress: ProgressFn) -> Validation | None:
+    """Re-score the validation images that still exist unchanged (same sha256)."""
+    paths, labels, scores = [], [], []
+    for i, (path, sha, label) in enumerate(items):
+        progress("re-validating threshold", 0.5 + 0.45 * i / max(1, len(items)))
+        if sha in exclude:  # now part of the bank: its score would say nothing
+            continue
+        try:
+            if sha256_file(path) != sha:
+                continue
+            image = load_image(path)
+        except (OSError, ImageLoadError):
+            continue
+        paths.append(path)
+        labels.append(label)
+        scores.append(float(model.score([image]).scores[0]))
+    if not paths:
+        return None
+    return Validation(paths, np.asarray(labels, np.int64), np.asarray(scores, np.float64))
+
+
+def _new_threshold(validation: Validation | None, active: ActiveModel) -> dict[str, Any]:
+    """The threshold of a grown bank: re-chosen on validation, else the previous one kept."""
+    reason = "no stored validation image is still available"
+    if validation is not None:
+        try:
+            result, metrics = choose_threshold(validation)
+        except ValueError as exc:  # e.g. too few good images left to choose on
+            reason = str(exc)
+        else:
+            params = {**result.params, "revalidated_on": len(validation.paths)}
+            if metrics:
+                params["metrics"] = metrics
+            return {"method": result.method, "value": float(result.value),
+                    "normal": validation.normal_scores, "calibration": float(result.value),
+                    "params": params}
+    return {"method": active.rule.method, "value": active.rule.value,
+            "normal": active.rule.normal_scores, "calibration": active.calibration.value,
+            "params": {"kept": reason}}
+
+
+def update_bank(ctx: Kensa, name: str, image_paths: Sequence[str | Path], note: str | None = None,
+                progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Add a few new good images to the active bank: bank version n+1 plus its threshold.
+
+    The threshold is re-chosen on the stored validation images that still exist unchanged
+    (same rule as training); when none do, the previous threshold is kept, as a new row of the
+    new version. Returns the new bank version (as in :func:`history`) with its ``threshold``
+    and the ``problems`` (files that could not be read, by name).
+    """
+    report = progress or (lambda stage, fraction: None)
+    files = [f for p in image_paths for f in image_files(Path(p))]
+    if not files:
+        raise ValueError("no image files given to add to the bank")
+    active = get_active_model(ctx, name)
+    images, shas, problems = [], [], []
+    for path in files:
+        try:
+            digest, image = sha256_file(path), load_image(path)
+        except (OSError, ImageLoadError) as exc:
+            problems.append({"path": str(path), "problem": str(exc)})
+            continue
+        images.append(image)
+        shas.append(digest)
+    if not images:
+        raise ValueError("none of the images could be read: "
+                         + "; ".join(p["problem"] for p in problems))
+    report("loading model", 0.05)
+    model = load_model(active).model
+    report("extracting features", 0.1)
+    model.bank = new_bank = _grow_bank(model, images)
+    validation = _revalidate(model, _validation_set(ctx, name, active), set(shas), report)
+    chosen = _new_threshold(validation, active)
+    normal = tuple(float(v) for v in chosen["normal"])
+    calibration = ThresholdInfo(chosen["calibration"], "calibration", normal)
+    report("saving bank", 0.95)
+    bank_file = ctx.new_bank_file(active.project_id, active.model_version_id)
+    bank_sha = new_bank.save(bank_file, metadata={"backbone": model.config.backbone,
+                                                  "kind": BankKind.INCREMENTAL.value})
+    with ctx.session() as s:  # both rows or neither: a bank version never lacks its threshold
+        bank = repo.add_bank_version(
+            s, active.model_version_id, kind=BankKind.INCREMENTAL.value,
+            vector_count=len(new_bank), dim=new_bank.dim, file_path=ctx.stored(bank_file),
+            sha256=bank_sha, source_images=shas,
+            note=note or f"added {len(images)} good image(s)",
+        )
+        if bank.parent_id != active.bank_version_id:
+            raise RuntimeError("the active bank changed while this update ran; run it again")
+        threshold = repo.add_threshold(
+            s, bank.id, method=chosen["method"], raw_value=chosen["value"],
+            normalized_value=float(calibration.normalized(chosen["value"])),
+            params=threshold_params(chosen["params"], normal, calibration.value),
+            created_by="update_bank",
+        )
+        out = _bank_dict(bank, {bank.parent_id: active.bank_version}, ctx)
+        out["threshold"] = _threshold_dict(threshold, active.model_version_id, bank.version)
+    report("done", 1.0)
+    out["problems"] = problems
+    return out
+
+
+def start_bank_update_process(ctx: Kensa, name: str, image_paths: Sequence[str | Path],
+                              note: str | None = None) -> subprocess.Popen[bytes]:
+    """:func:`update_bank` in a detached worker, so a page does not block on it.
+
+    Output goes to ``bank-update.log`` in the active model's folder; the result shows up in
+    :func:`history` when the worker commits.
+    """
+    active = get_active_model(ctx, name)
+    argv = ["update-bank", name, *(str(Path(p).resolve()) for p in image_paths)]
+    log = ctx.model_dir(active.project_id, active.model_version_id) / "bank-update.log"
+    return spawn(ctx, [*argv, *(["--note", note] if note else [])], log)
+
+
+def _patch_vectors(model: FewShotPatchCore, images: Sequence[np.ndarray], first_id: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch features + provenance of new good images, made the way ``fit`` makes them.
+
+    Same views as the bank was built with (it depends on the training shot count), image ids
+    from ``first_id`` on so provenance never collides with an earlier version's images.
+    """
+    views = views_for(model.config.views, max(1, len(model.state.images)))
+    vectors, provenance = [], []
+    with torch.no_grad():
+        for offset, image in enumerate(images):
+            tensor = to_tensor(image, model.config.image_size)
+            for viewed, view in iter_views(tensor, views):
+                feats = model._features(viewed)[0]  # the model's own path (intensity matching)
+                coords = grid_coordinates(tensor.shape[-2] // GRID_STRIDE,
+                                          tensor.shape[-1] // GRID_STRIDE, view)
+                vectors.append(feats.flatten(1).T)
+                ids = torch.full((coords.shape[0], 1), first_id + offset, dtype=torch.int64)
+                provenance.append(torch.cat([ids, coords], dim=1))
+    return torch.cat(vectors), torch.cat(provenance)
+
+
+def _grow_bank(model: FewShotPatchCore, images: Sequence[np.ndarray]) -> MemoryBank:
+    """``IncrementalMemoryBank.update`` with the model's limits; refuses a no-op update."""
+    bank = model.bank
+    first_id = int(bank.provenance[:, 0].max()) + 1 if len(bank) else 0
+    vectors, provenance = _patch_vectors(model, images, first_id)
+    grower = IncrementalMemoryBank(bank, max_size=model.config.max_bank, seed=model.config.seed)
+    result = grower.update(vectors, provenance)
+    if result.added == 0:
+        raise ValueError(
+            f"the {len(images)} new image(s) add no patch the bank does not already cover "
+            f"(novelty distance {result.threshold:.4f}); the active bank stays as it is"
+        )
+    return result.bank
+
+
+# --------------------------------------------------------------------------- rollback
+
+
+def rollback(ctx: Kensa, name: str, to_version: int, note: str | None = None,
+             created_by: str | None = None) -> dict[str, Any]:
+    """Append a ``rollback`` bank version that restores version ``to_version`` (and the
+    threshold that was active for it) and make it active.
+
+    The new row points at the restored version's file, which is checked against its sha256
+    first: a rollback to a missing or altered bank is refused.
+    """
+    with ctx.session(readonly=True) as s:
+        project = require_project(s, name)
+        mv = active_model_version(s, project.id)
+        if mv is None:
+            raise LookupError(f"project {name!r} has no trained model yet")
+        banks = repo.list_bank_versions(s, mv.id)
+    target = next((b for b in banks if b.version == to_version), None)
+    if target is None:
+        known = ", ".join(f"v{b.version}" for b in banks)
+        raise LookupError(f"model version {mv.id} of {name!r} has no bank v{to_version} "
+                          f"(it has {known})")
+    if target.is_active:
+        raise ValueError(f"bank v{to_version} is already the active version")
+    path = ctx.resolve(target.file_path)
+    if path is None or not path.is_file():
+        raise ValueError(f"cannot roll back to v{to_version}: bank file {path} is missing")
+    if sha256_file(path) != target.sha256:
+        raise ValueError(f"cannot roll back to v{to_version}: bank file {path} does not match "
+                         "its recorded sha256 (changed or corrupt)")
+    with ctx.session() as s:
+        bank = repo.rollback_bank_version(s, mv.id, target.id, note=note,
+                                          created_by=created_by or "rollback")
+        threshold = repo.get_active_threshold(s, bank.id)
+        out = _bank_dict(bank, {target.id: target.version}, ctx)
+        out["threshold"] = (None if threshold is None
+                            else _threshold_dict(threshold, mv.id, bank.version))
+        return out
+
+
+# --------------------------------------------------------------------------- history
+
+
+def _bank_dict(bank: Any, version_of: dict[int | None, int], ctx: Kensa) -> dict[str, Any]:
+    return {
+        "id": bank.id, "model_version_id": bank.model_version_id, "version": bank.version,
+        "kind": bank.kind, "parent": version_of.get(bank.parent_id),
+        "vector_count": bank.vector_count, "dim": bank.dim,
+        "source_images": list(bank.source_images), "sha256": bank.sha256,
+        "file": str(ctx.resolve(bank.file_path)) if bank.file_path else None,
+        "active": bank.is_active, "note": bank.note, "created_at": bank.created_at,
+    }
+
+
+def history(ctx: Kensa, name: str) -> dict[str, Any]:
+    """Bank versions, thresholds and batches of a project, oldest first, in one snapshot.
+
+    Every bank version keeps its own active threshold (restored by a rollback); ``in_use``
+    marks the one scoring applies now: the active threshold of the active bank of the active
+    model version.
+    """
+    with ctx.session(readonly=True) as s:
+        project = require_project(s, name)
+        mv = active_model_version(s, project.id)
+        banks, thresholds_out = [], []
+        for m in reversed(repo.list_model_versions(s, project.id)):
+            rows = repo.list_bank_versions(s, m.id)
+            version_of: dict[int | None, int] = {b.id: b.version for b in rows}
+            for b in rows:
+                banks.append(_bank_dict(b, version_of, ctx))
+                in_force = mv is not None and m.id == mv.id and b.is_active
+                thresholds_out += [{**_threshold_dict(t, m.id, b.version),
+                                    "in_use": in_force and t.active}
+                                   for t in repo.list_thresholds(s, b.id)]
+        batches = [dict(b.__dict__) for b in repo.batch_summaries(s, project.id)]
+    return {
+        "project": name,
+        "active_model_version": None if mv is None else mv.id,
+        "memory_bank_versions": banks,
+        "thresholds": sorted(thresholds_out, key=lambda t: t["id"]),
+        "batches": batches,
+        "predictions_count": sum(b["predictions"] for b in batches),
+    }

@@ -1,0 +1,263 @@
+"""Training inside a project: a queued ``model_versions`` row, worked on by this process or a
+detached worker (``python -m services.worker train ID``).
+
+While it runs, the worker writes stage and progress in short transactions and reads the row's
+status to notice a Cancel pressed in another process. Everything a finished run adds (model
+files, bank v1, its threshold, the validation batch with one prediction per held-out image)
+appears at once: files first, then ONE transaction for the rows, so no reader ever sees a bank
+without a threshold or a row pointing at a file that is not there yet.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import db.repositories as repo
+from db.models import BankKind, ModelVersion, RunStatus
+from engine.models.fewshot import BANK_FILE, FewShotConfig
+from engine.regions import find_regions
+from services.batches import (
+    VALIDATION_SOURCE,
+    prediction_row,
+    threshold_params,
+    validation_batch_name,
+)
+from services.context import Kensa
+from services.projects import project_index, require_project
+from services.scoring import ImagePrediction, ThresholdInfo, save_heatmap
+from services.training import TrainingCancelled, TrainOutcome, train_model
+from services.worker import spawn
+
+#: The only detector whose fitted state can be stored and reloaded per bank version.
+ALGORITHM = "kensa_patchcore"
+
+ProgressFn = Callable[[str, float], None]
+#: Progress at which fitting and validation end and writing the artifacts begins.
+SAVING_AT = 0.95
+
+
+def request_training(
+    ctx: Kensa,
+    name: str,
+    shots: int | None = None,
+    seed: int = 0,
+    params: dict[str, Any] | None = None,
+) -> int:
+    """Queue a training run; bad parameters are refused now, not minutes later in a worker."""
+    model_params = dict(params or {})
+    try:
+        config = FewShotConfig(**model_params)
+    except TypeError as exc:
+        known = ", ".join(FewShotConfig.__dataclass_fields__)
+        raise ValueError(f"unknown training parameter ({exc}); known: {known}") from None
+    with ctx.session() as s:
+        project = require_project(s, name)
+        n_good = repo.count_images(s, project.id, split="train", label="good")
+        if n_good == 0:
+            raise ValueError(f"project {name!r} has no good training images to train on")
+        if shots is not None and not 1 <= shots <= n_good:
+            raise ValueError(f"asked for {shots} shots; project {name!r} has 1 to {n_good}")
+        mv = repo.create_model_version(
+            s, project.id, ALGORITHM, config.backbone,
+            {"shots": shots, "seed": seed, "model": model_params},
+        )
+        return mv.id
+
+
+class _RunReporter:
+    """Progress into the row (throttled, one short transaction each) and the cancel check."""
+
+    def __init__(self, ctx: Kensa, model_version_id: int, echo: ProgressFn | None,
+                 interval_s: float = 0.5) -> None:
+        self.ctx, self.id, self.echo, self.interval = ctx, model_version_id, echo, interval_s
+        self._stage: str | None = None
+        self._written = self._checked = 0.0
+        self._cancelled = False
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        fraction *= SAVING_AT  # train_model's 0..1, then saving the artifacts
+        if self.echo:
+            self.echo(stage, fraction)
+        now = time.monotonic()
+        if stage == self._stage and now - self._written < self.interval:
+            return
+        self._stage, self._written = stage, now
+        with self.ctx.session() as s:
+            still_running = repo.update_progress(s, self.id, fraction, stage)
+        if not still_running:
+            raise TrainingCancelled(f"training cancelled while {stage}")
+
+    def cancelled(self) -> bool:
+        now = time.monotonic()
+        if not self._cancelled and now - self._checked >= self.interval / 2:
+            self._checked = now
+            with self.ctx.session(readonly=True) as s:
+                mv = repo.get_model_version(s, self.id)
+                self._cancelled = mv is None or mv.status == RunStatus.CANCELLED.value
+        return self._cancelled
+
+
+def run_training(ctx: Kensa, model_version_id: int, progress: ProgressFn | None = None
+                 ) -> dict[str, Any]:
+    """Train a queued model version to the end; returns its row as a dict.
+
+    On error the row becomes ``failed`` with the error text and the error is raised again; on
+    Cancel it becomes ``cancelled`` and :class:`TrainingCancelled` is raised.
+    """
+    with ctx.session() as s:
+        mv = repo.get_model_version(s, model_version_id)
+        if mv is None:
+            raise LookupError(f"no model version {model_version_id}")
+        if mv.status != RunStatus.QUEUED.value:
+            raise ValueError(f"model version {model_version_id} is {mv.status}; "
+                             "only a queued run can start")
+        project = repo.get_project(s, mv.project_id)
+        index = project_index(s, project)
+        images = {img.path: img for img in repo.list_images(s, project.id)}
+        if not repo.start_model_version(s, model_version_id, stage="starting"):
+            raise TrainingCancelled("training was cancelled before it started")
+    reporter = _RunReporter(ctx, model_version_id, progress)
+    try:
+        outcome = train_model(
+            index, shots=mv.params.get("shots"), seed=int(mv.params.get("seed", 0)),
+            algorithm=mv.algorithm, params=dict(mv.params.get("model", {})),
+            progress=reporter, cancelled=reporter.cancelled,
+        )
+        reporter("saving model, bank and validation scores", 1.0)
+        _commit(ctx, project.id, mv, outcome, images)
+    except TrainingCancelled as exc:
+        with ctx.session() as s:
+            repo.finish_model_version(s, model_version_id, RunStatus.CANCELLED.value,
+                                      error=str(exc))
+        raise
+    except BaseException as exc:  # KeyboardInterrupt too: never leave it "running"
+        with ctx.session() as s:
+            repo.finish_model_version(s, model_version_id, RunStatus.FAILED.value,
+                                      error=f"{type(exc).__name__}: {exc}")
+        raise
+    return get_model_version(ctx, model_version_id)
+
+
+def _scaled_regions(score_map: np.ndarray, threshold: float, width: int | None,
+                    height: int | None) -> list[dict[str, Any]]:
+    """Regions of a shrunk validation map, boxes scaled back to original image pixels."""
+    h, w = score_map.shape
+    sx, sy = (width or w) / w, (height or h) / h
+    out = []
+    for r in find_regions(score_map, threshold):
+        d = r.as_dict()
+        d.update(x=round(d["x"] * sx), y=round(d["y"] * sy), width=round(d["width"] * sx),
+                 height=round(d["height"] * sy), area=round(d["area"] * sx * sy))
+        out.append(d)
+    return out
+
+
+def _commit(ctx: Kensa, project_id: int, mv: ModelVersion, outcome: TrainOutcome,
+            images: dict[str, Any]) -> None:
+    """Write the artifacts, then every row of the finished run in one transaction."""
+    model_dir = ctx.model_dir(project_id, mv.id)
+    digests = outcome.model.save(model_dir)
+    val, thr = outcome.validation, outcome.threshold
+    rule = ThresholdInfo(float(thr.value), thr.method, tuple(float(s) for s in val.normal_scores))
+    rows = []
+    for path, raw, score_map in zip(val.paths, val.scores, val.maps, strict=True):
+        image = images[path]
+        raw = float(raw)
+        verdict = "defect" if raw >= rule.value else "good"
+        regions = (_scaled_regions(score_map, rule.value, image.width, image.height)
+                   if verdict == "defect" else [])
+        pred = ImagePrediction(path, image.sha256, raw, float(rule.normalized(raw)), verdict,
+                               rule.confidence(raw), regions)
+        heatmap = ctx.validation_heatmap(project_id, mv.id, image.sha256)
+        save_heatmap(score_map, rule, heatmap)
+        rows.append(prediction_row(ctx, pred, rule, heatmap, None, None))
+    bank = outcome.model.bank
+    metrics = {
+        **outcome.metrics,
+        "threshold": {"method": thr.method, "value": float(thr.value), "params": thr.params},
+        "shots": outcome.shots,
+        "fit": outcome.fit._asdict(),
+        "validation_images": len(val.paths),
+        "skipped": outcome.skipped,
+    }
+    with ctx.session() as s:
+        if not repo.finish_model_version(
+            s, mv.id, RunStatus.DONE.value, metrics=metrics,
+            fit_seconds=outcome.fit.fit_seconds, artifact_dir=ctx.stored(model_dir),
+        ):
+            raise TrainingCancelled("training cancelled while saving")
+        bank_row = repo.add_bank_version(
+            s, mv.id, kind=BankKind.INITIAL.value, vector_count=len(bank),
+            dim=int(bank.vectors.shape[1]), file_path=ctx.stored(model_dir / BANK_FILE),
+            sha256=digests[BANK_FILE], source_images=[images[p].sha256 for p in outcome.shots],
+            note=f"trained on {len(outcome.shots)} images",
+        )
+        threshold = repo.add_threshold(
+            s, bank_row.id, method=thr.method, raw_value=float(thr.value),
+            normalized_value=float(rule.normalized(float(thr.value))),
+            params=threshold_params(thr.params, val.normal_scores, thr.value),
+            created_by="training",
+        )
+        batch = repo.create_batch(s, project_id, validation_batch_name(mv.id), VALIDATION_SOURCE)
+        repo.add_predictions(s, batch.id, [
+            {**r, "bank_version_id": bank_row.id, "threshold_id": threshold.id} for r in rows
+        ])
+        repo.finish_batch(s, batch.id)
+
+
+def train_project(ctx: Kensa, name: str, shots: int | None = None, seed: int = 0,
+                  params: dict[str, Any] | None = None, progress: ProgressFn | None = None
+                  ) -> dict[str, Any]:
+    """Queue and run a training in this process (the CLI's ``train NAME``)."""
+    return run_training(ctx, request_training(ctx, name, shots, seed, params), progress)
+
+
+def start_training_process(ctx: Kensa, model_version_id: int) -> subprocess.Popen[bytes]:
+    """Run a queued training in a detached worker (``worker.log`` in the model folder).
+
+    The page returns at once and polls :func:`get_model_version`; a reload loses nothing.
+    """
+    with ctx.session(readonly=True) as s:
+        mv = repo.get_model_version(s, model_version_id)
+        if mv is None:
+            raise LookupError(f"no model version {model_version_id}")
+        log = ctx.model_dir(mv.project_id, model_version_id) / "worker.log"
+    return spawn(ctx, ["train", str(model_version_id)], log)
+
+
+def cancel_training(ctx: Kensa, model_version_id: int) -> bool:
+    """Ask a queued or running training to stop; False if it had already ended."""
+    with ctx.session() as s:
+        return repo.cancel_model_version(s, model_version_id)
+
+
+def _mv_dict(mv: ModelVersion) -> dict[str, Any]:
+    return {
+        "id": mv.id, "project_id": mv.project_id, "algorithm": mv.algorithm,
+        "backbone": mv.backbone, "params": mv.params, "metrics": mv.metrics,
+        "status": mv.status, "stage": mv.stage, "progress": mv.progress, "error": mv.error,
+        "started_at": mv.started_at, "finished_at": mv.finished_at,
+        "fit_seconds": mv.fit_seconds, "artifact_dir": mv.artifact_dir,
+        "created_at": mv.created_at,
+    }
+
+
+def get_model_version(ctx: Kensa, model_version_id: int) -> dict[str, Any]:
+    """One run's row (the Training page polls this for live progress)."""
+    with ctx.session(readonly=True) as s:
+        mv = repo.get_model_version(s, model_version_id)
+        if mv is None:
+            raise LookupError(f"no model version {model_version_id}")
+        return _mv_dict(mv)
+
+
+def list_model_versions(ctx: Kensa, name: str) -> list[dict[str, Any]]:
+    """Newest first."""
+    with ctx.session(readonly=True) as s:
+        project = require_project(s, name)
+        return [_mv_dict(mv) for mv in repo.list_model_versions(s, project.id)]

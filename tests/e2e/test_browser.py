@@ -1,0 +1,213 @@
+"""The workbench in a real browser: first start, demo project, train, evaluate, save a threshold.
+
+Starts ``streamlit run app.py`` on a free port with an empty KENSA_HOME (so the demo project is
+created on the way), drives Debian's Chromium through Playwright, and writes one screenshot per
+page to ``screenshots/``. Chromium missing is a FAILURE, not a skip: CI installs it
+(``apt-get install -y chromium``), and a skipped browser test would hide a broken app.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOTS = REPO / "screenshots"
+CHROMIUM = os.environ.get("KENSA_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+]
+#: Training the demo (45 images) on a small shared CPU; the test reports the real duration.
+TRAIN_TIMEOUT_S = 240
+UI_TIMEOUT_MS = 60_000
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"streamlit did not become healthy in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    """A workbench on a free port with a fresh data directory (the demo is created on start)."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KENSA_DEMO")}
+    # One torch thread: on a small shared CPU two threads per process mostly wait on each
+    # other (the demo trains in ~9 s with one thread, ~18 s with two, on this machine).
+    env.update(KENSA_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1",
+               OMP_NUM_THREADS="1", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    log = tmp_path / "streamlit.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+             "--server.port", str(port), "--server.address", "127.0.0.1"],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        workers = tmp_path / "home"
+        for worker_log in workers.rglob("worker.log"):
+            print(f"--- {worker_log}\n{worker_log.read_text()[-2000:]}")
+        print(f"--- streamlit log\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def browser_page():
+    """A Chromium page; fails (never skips) when Debian's chromium is not installed."""
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: install it with "
+                    "`apt-get install -y chromium` (or set KENSA_CHROMIUM)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def _shot(page, name: str) -> Path:
+    """The whole page: Streamlit scrolls inside its main block, so the viewport is grown to
+    the content's height first (a plain full-page shot would stop at the window)."""
+    SCREENSHOTS.mkdir(exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.wait_for_timeout(800)  # let charts and images finish drawing
+    height = page.evaluate(
+        "() => { const m = document.querySelector('[data-testid=stMainBlockContainer]');"
+        " return m ? m.scrollHeight : 0 }"
+    )
+    size = page.viewport_size
+    page.set_viewport_size({"width": size["width"], "height": min(max(size["height"],
+                                                                   height + 160), 9000)})
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(size)
+    return path
+
+
+def _no_error(page) -> None:
+    """No Python exception box on the page (st.exception renders [data-testid=stException])."""
+    assert page.locator('[data-testid="stException"]').count() == 0, page.inner_text("body")
+
+
+def _nav(page, label: str) -> None:
+    page.locator('[data-testid="stSidebarNav"]').get_by_text(label, exact=True).click()
+
+
+def test_demo_train_evaluate_save_threshold(server: str, browser_page) -> None:
+    page = browser_page
+    timings: dict[str, float] = {}
+
+    # Home: the demo project was created on the first start.
+    start = time.monotonic()
+    page.goto(server)
+    page.get_by_text("Good images").first.wait_for()
+    page.get_by_role("heading", name="demo").wait_for()
+    timings["first page"] = time.monotonic() - start
+    _no_error(page)
+    assert "Magnetic Tile Defect" in page.inner_text("body")
+    _shot(page, "home")
+
+    # New project: the form a first-time user fills in (not submitted here).
+    page.get_by_role("button", name=re.compile("New project")).click()
+    page.get_by_role("heading", name="New project").wait_for()
+    page.get_by_text("Upload a zip file").first.wait_for()
+    _no_error(page)
+    _shot(page, "new-project")
+
+    # Datasets: counts and the gallery of the demo (the menu leaves the new-project form).
+    _nav(page, "Datasets")
+    page.get_by_role("heading", name="Datasets · demo").wait_for()
+    page.get_by_role("heading", name="Gallery").wait_for()
+    page.locator('[data-testid="stImage"]').first.wait_for()
+    _no_error(page)
+    _shot(page, "datasets")
+
+    # Training: one button, live progress, then the finished run in the history.
+    _nav(page, "Training")
+    page.get_by_text("Recommended model: Kensa few-shot PatchCore").wait_for()
+    _no_error(page)
+    start = time.monotonic()
+    page.get_by_role("button", name=re.compile("Train")).click()
+    page.get_by_text(re.compile(r"Training v1")).first.wait_for()
+    page.locator('[data-testid="stProgress"]').first.wait_for()
+    # The worker is a separate process: once it runs, the panel shows its stage and percent.
+    page.get_by_text(re.compile(r"(extracting features|selecting coreset|scoring validation"
+                                r" images) · [0-9]+%")).first.wait_for(
+        timeout=TRAIN_TIMEOUT_S * 1000)
+    _shot(page, "training-progress")
+    page.get_by_text("Latest model v1 is ready").wait_for(timeout=TRAIN_TIMEOUT_S * 1000)
+    timings["training"] = time.monotonic() - start
+    _no_error(page)
+    _shot(page, "training")
+
+    # Evaluation: move the threshold, save it, see the saved value.
+    _nav(page, "Evaluation")
+    page.get_by_role("heading", name="Evaluation · demo").wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()
+    _no_error(page)
+    slider = page.get_by_role("slider").first
+    before = float(slider.input_value())
+    slider.focus()
+    for _ in range(25):
+        page.keyboard.press("ArrowRight")
+    page.keyboard.press("Tab")  # leave the slider: its value is sent, the page reruns
+    moved = float(slider.input_value())
+    assert moved > before
+    page.get_by_text("What happens at this threshold").wait_for()
+    save = page.get_by_role("button", name=re.compile("Save threshold"))
+    save.wait_for()
+    page.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')")
+    save.click()
+    saved = page.get_by_text(re.compile(r"Saved: the threshold in use is now [0-9]+\.[0-9]+"))
+    saved.wait_for()
+    value = float(re.search(r"now ([0-9]+\.[0-9]+)", saved.inner_text()).group(1))
+    assert value == pytest.approx(moved, abs=1e-4)
+    page.get_by_text(f"{value:.4f}").first.wait_for()
+    assert f"Threshold in use: {value:.4f} (manual)" in page.inner_text("body")
+    _no_error(page)
+    _shot(page, "evaluation")
+
+    # A reload straight onto a page URL keeps the router (sidebar project picker and all).
+    page.goto(f"{server}/evaluation")
+    page.get_by_role("heading", name="Evaluation · demo").wait_for()
+    assert f"Threshold in use: {value:.4f} (manual)" in page.inner_text("body")
+    print(f"\nbrowser timings: {timings}")

@@ -1,0 +1,196 @@
+"""Home and Datasets pages through AppTest: what a user sees after each action."""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+from streamlit.testing.v1 import AppTest
+
+from tests.pages.conftest import open_app, texts
+from tests.synthetic import make_mvtec
+
+DATASETS = "pages/datasets.py"
+
+
+def _zip_folder(root: Path, prefix: str = "parts", extra: dict[str, bytes] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                zf.write(path, f"{prefix}/{path.relative_to(root).as_posix()}")
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _button(at: AppTest, label: str):
+    matches = [b for b in at.button if b.label == label]
+    assert matches, f"no button {label!r}; have {[b.label for b in at.button]}"
+    return matches[0]
+
+
+def _frames(at: AppTest) -> list[pd.DataFrame]:
+    return [d.value for d in at.dataframe]
+
+
+def _upload_new_project(at: AppTest, name: str, data: bytes) -> AppTest:
+    at.text_input(key="zip-name").input(name)
+    at.file_uploader[0].set_value((f"{name}.zip", data, "application/zip"))
+    _button(at, "Import zip").click()
+    return at.run()
+
+
+def test_home_without_projects_says_what_to_do(home: Path) -> None:
+    at = open_app()
+    assert not at.exception
+    assert "There is no project yet" in texts(at)
+    assert at.sidebar.selectbox[0].value is None
+
+
+def test_home_shows_a_status_card_per_project(home: Path, make_project) -> None:
+    make_project("widgets", n_train=5, n_test_good=2, n_defect=3)
+    make_project("bolts", n_train=2, n_test_good=1, n_defect=0)
+    at = open_app()
+    assert not at.exception
+    shown = texts(at)
+    assert "widgets" in shown and "bolts" in shown
+    metrics = [(m.label, m.value) for m in at.metric]
+    assert ("Good images", "7") in metrics and ("Defect images", "3") in metrics
+    assert ("Active model", "none yet") in metrics
+    assert "Next step: train a model" in shown
+
+
+def test_new_project_from_zip_upload(home: Path, tmp_path: Path) -> None:
+    data = _zip_folder(make_mvtec(tmp_path / "src", n_train=4, n_test_good=2, n_defect=2))
+    at = open_app(DATASETS)
+    assert "New project" in texts(at)
+    at = _upload_new_project(at, "parts", data)
+    assert not at.exception
+    shown = texts(at)
+    assert "Datasets · parts" in shown
+    assert "8 new image(s)" in shown
+    assert at.sidebar.selectbox[0].value == "parts"
+    counts = _frames(at)[0]
+    assert counts.set_index("split").loc["train", "good"] == 4
+    assert (home / "imports" / "parts" / "train" / "good").is_dir()
+
+
+def test_zip_with_traversal_entries_imports_the_rest_and_lists_them(
+    home: Path, tmp_path: Path
+) -> None:
+    data = _zip_folder(
+        make_mvtec(tmp_path / "src", n_train=3, n_test_good=1, n_defect=1),
+        extra={"../../evil.png": b"\x89PNG\r\n\x1a\nnot really", "parts/notes.txt": b"hi"},
+    )
+    at = _upload_new_project(open_app(DATASETS), "risky", data)
+    assert not at.exception
+    shown = texts(at)
+    assert "2 file(s) were not imported" in shown
+    rejected = next(f for f in _frames(at) if "reason" in f.columns)
+    reasons = dict(zip(rejected["file"], rejected["reason"], strict=True))
+    assert "leaves the import folder" in reasons["../../evil.png"]
+    assert "not an image file" in reasons["parts/notes.txt"]
+    assert not any(p.name == "evil.png" for p in tmp_path.rglob("*"))
+    assert "Datasets · risky" in shown
+
+
+def test_not_a_zip_shows_an_error_and_creates_nothing(home: Path) -> None:
+    at = _upload_new_project(open_app(DATASETS), "junk", b"this is not a zip")
+    assert not at.exception
+    assert any("Nothing was imported" in e.value for e in at.error)
+    assert at.sidebar.selectbox[0].value is None
+
+
+def test_folder_with_a_corrupt_image_reports_it(home: Path, tmp_path: Path) -> None:
+    src = make_mvtec(tmp_path / "src", n_train=3, n_test_good=1, n_defect=1)
+    good = next((src / "train" / "good").glob("*.png"))
+    (src / "train" / "good" / "broken.png").write_bytes(good.read_bytes()[:200])
+    at = open_app(DATASETS)
+    at.text_input(key="folder-name").input("folderproj")
+    next(t for t in at.text_input if t.label == "Folder path").input(str(src))
+    _button(at, "Import folder").click()
+    at.run()
+    assert not at.exception
+    shown = texts(at)
+    assert "Files with problems: 1" in shown
+    report = next(f for f in _frames(at) if "problem" in f.columns)
+    row = report[report["file"].str.endswith("broken.png")].iloc[0]
+    assert row["problem"] == "cannot be opened as an image"
+    assert ("Images", "5") in [(m.label, m.value) for m in at.metric]
+
+
+def test_missing_folder_is_a_plain_error(home: Path, tmp_path: Path) -> None:
+    at = open_app(DATASETS)
+    at.text_input(key="folder-name").input("nothing")
+    next(t for t in at.text_input if t.label == "Folder path").input(str(tmp_path / "nope"))
+    _button(at, "Import folder").click()
+    at.run()
+    assert not at.exception
+    assert any("no such folder" in e.value for e in at.error)
+
+
+def test_empty_project_explains_next_step(home: Path, ctx, tmp_path: Path) -> None:
+    from services.projects import create_project
+
+    root = tmp_path / "empty"
+    (root / "train" / "good").mkdir(parents=True)
+    create_project(ctx, "empty", root)
+    at = open_app(DATASETS, "empty")
+    assert not at.exception
+    shown = texts(at)
+    assert "no usable images yet" in shown
+    assert "Images: 0" in shown
+    for page in ("pages/training.py", "pages/evaluation.py", "pages/home.py"):
+        at.switch_page(page)
+        at.run()
+        assert not at.exception, page
+    at.switch_page("pages/training.py")
+    at.run()
+    assert "no good training images yet" in texts(at)
+
+
+def test_gallery_filters_masks_and_details(home: Path, make_project) -> None:
+    make_project("widgets", n_train=4, n_test_good=2, n_defect=3)
+    at = open_app(DATASETS, "widgets")
+    assert len(at.image) == 9 + 1  # the grid and the detail preview
+    at.selectbox(key="ds_label").select("defect").run()
+    assert "Images 1–3 of 3" in texts(at)
+    at.toggle(key="ds_masks").set_value(True).run()
+    assert not at.exception
+    detail = next(f for f in _frames(at) if "value" in f.columns)
+    values = dict(zip(detail[""], detail["value"], strict=True))
+    assert values["Label"] == "defect" and values["Defect type"] == "spot"
+    assert values["Mask"].endswith("_mask.png")
+    assert len(values["SHA-256"]) == 64
+
+
+def test_gallery_rerun_of_500_images_is_fast(home: Path, make_project) -> None:
+    """The budget from the issue: a rerun of a 500-image project under 300 ms."""
+    make_project("big", n_train=300, n_test_good=100, n_defect=100, size=64)
+    at = open_app(DATASETS, "big")
+    assert "Images: 500" in texts(at)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        at.run()
+        times.append(time.perf_counter() - start)
+    assert not at.exception
+    print(f"\nDatasets rerun, 500 images: median {statistics.median(times) * 1000:.0f} ms, "
+          f"min {min(times) * 1000:.0f} ms")
+    assert statistics.median(times) < 0.3
+
+
+def test_new_project_button_opens_the_form_and_cancel_returns(home: Path, make_project) -> None:
+    make_project("widgets", n_train=2, n_test_good=1, n_defect=1)
+    at = open_app(DATASETS, "widgets")
+    assert "Datasets · widgets" in texts(at)
+    at.sidebar.button[0].click().run()
+    assert not at.exception
+    assert "New project" in texts(at) and at.query_params.get("new") == "1"
+    _button(at, "Cancel").click().run()
+    assert "Datasets · widgets" in texts(at)

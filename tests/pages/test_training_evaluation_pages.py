@@ -1,0 +1,190 @@
+"""Training and Evaluation pages through AppTest, on stored rows (no model is trained here:
+the browser test in tests/e2e trains for real)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import services.train_setup as train_setup
+from services.context import Kensa
+from services.project_training import list_model_versions
+from tests.pages.conftest import fake_training, open_app, texts
+
+TRAINING = "pages/training.py"
+EVALUATION = "pages/evaluation.py"
+
+
+def _button(at: AppTest, label: str):
+    matches = [b for b in at.button if b.label == label]
+    assert matches, f"no button {label!r}; have {[b.label for b in at.button]}"
+    return matches[0]
+
+
+def _frame_with(at: AppTest, column: str) -> pd.DataFrame:
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+@pytest.fixture
+def no_worker(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the runs the page hands to a worker instead of starting a process."""
+    started: list[int] = []
+    monkeypatch.setattr(train_setup, "start_training_process",
+                        lambda ctx, mv_id: started.append(mv_id))
+    return started
+
+
+def test_training_page_recommends_and_explains(home: Path, make_project) -> None:
+    make_project("widgets", n_train=5, n_test_good=2, n_defect=3)
+    at = open_app(TRAINING, "widgets")
+    assert not at.exception
+    shown = texts(at)
+    assert "Recommended model: Kensa few-shot PatchCore" in shown
+    assert "This project has 5 good training images" in shown
+    assert "The 3 defect images and 2 held-out good images" in shown
+    backbone = at.selectbox(key="tr_backbone")
+    assert backbone.value == "efficientnet_lite0"
+    assert "resnet18 — needs network" in backbone.options  # the labels the user reads
+    size = at.slider(key="tr_size")
+    assert (size.min, size.max, size.value) == (128, 768, 320)
+    assert "No training yet" in shown
+
+
+def test_train_button_queues_a_run_shows_progress_and_cancels(
+    home: Path, ctx: Kensa, make_project, no_worker: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_project("widgets", n_train=5, n_test_good=2, n_defect=3)
+    at = open_app(TRAINING, "widgets")
+    at.radio(key="tr_use_all").set_value("some").run()
+    at.number_input(key="tr_shots").set_value(3)
+    at.slider(key="tr_size").set_value(256)
+    _button(at, "Train").click().run()
+    assert not at.exception
+    assert len(no_worker) == 1
+    run = list_model_versions(ctx, "widgets")[0]
+    assert run["status"] == "queued"
+    assert run["params"] == {"shots": 3, "seed": 0,
+                             "model": {"backbone": "efficientnet_lite0", "image_size": 256}}
+    shown = texts(at)
+    assert f"Training v{run['id']}" in shown and "queued" in shown
+    assert _button(at, "Train").disabled
+    assert at.get("progress")[0].proto.text.endswith("0%")
+
+    at.run()  # a reload: the panel comes back from the database, not from session state
+    assert f"Training v{run['id']}" in texts(at)
+    assert "worker has not started" not in texts(at)
+    monkeypatch.setattr(train_setup, "STUCK_QUEUED_S", -1)
+    at.run()
+    assert "The background worker has not started" in texts(at)
+    _button(at, "Cancel").click().run()
+    assert not at.exception
+    assert list_model_versions(ctx, "widgets")[0]["status"] == "cancelled"
+    history = _frame_with(at, "status")
+    assert history.iloc[0]["status"] == "cancelled" and history.iloc[0]["shots"] == "3"
+    assert history.iloc[0]["image AUROC"] == "—"
+    assert not _button(at, "Train").disabled
+
+
+def test_training_refuses_all_shots_without_held_out_data(home: Path, make_project) -> None:
+    make_project("tiny", n_train=3, n_test_good=0, n_defect=0)
+    at = open_app(TRAINING, "tiny")
+    assert "keep at least 2 good images out of training" in texts(at)
+
+
+def test_failed_start_is_a_plain_error(
+    home: Path, ctx: Kensa, make_project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_project("widgets", n_train=3, n_test_good=2, n_defect=1)
+
+    def boom(ctx: Kensa, mv_id: int) -> None:
+        raise OSError("cannot start a process")
+
+    monkeypatch.setattr(train_setup, "start_training_process", boom)
+    at = open_app(TRAINING, "widgets")
+    _button(at, "Train").click().run()
+    assert not at.exception
+    assert any("Training could not start: cannot start a process" in e.value for e in at.error)
+    assert list_model_versions(ctx, "widgets")[0]["status"] == "cancelled"
+
+
+def test_history_shows_metrics_of_finished_runs(home: Path, ctx: Kensa, make_project) -> None:
+    make_project("widgets", n_train=3, n_test_good=2, n_defect=2)
+    mv = fake_training(ctx, "widgets")
+    at = open_app(TRAINING, "widgets")
+    history = _frame_with(at, "image AUROC")
+    row = history.iloc[0]
+    assert row["version"] == f"v{mv}" and row["status"] == "done"
+    assert row["image AUROC"] == "0.950" and row["shots"] == "2" and row["threshold"] == "0.5000"
+    assert row["AUPRO"] == "0.700"
+    assert f"Latest model v{mv} is ready" in texts(at)
+
+
+def test_evaluation_without_model_says_train_first(home: Path, make_project) -> None:
+    make_project("widgets", n_train=3, n_test_good=2, n_defect=2)
+    at = open_app(EVALUATION, "widgets")
+    assert not at.exception
+    assert "There is no trained model to evaluate yet" in texts(at)
+
+
+def test_evaluation_threshold_slider_and_save(home: Path, ctx: Kensa, make_project) -> None:
+    make_project("widgets", n_train=3, n_test_good=4, n_defect=4)
+    scores = {"good_000.png": 0.1, "good_001.png": 0.2, "good_002.png": 0.3,
+              "good_003.png": 0.65, "spot_000.png": 0.5, "spot_001.png": 0.7,
+              "spot_002.png": 0.8, "spot_003.png": 0.9}
+    mv = fake_training(ctx, "widgets", scores, threshold=0.6)
+    at = open_app(EVALUATION, "widgets")
+    assert not at.exception
+    shown = texts(at)
+    assert "Measured on **8 images the model did not learn from**: 4 good and 4 defect" in shown
+    metrics = _frame_with(at, "metric").set_index("metric")["value"]
+    assert metrics["Image AUROC"] == "0.950" and metrics["AUPRO"] == "0.700"
+    matrix = at.dataframe[1].value
+    assert matrix.loc["actually good", "called defect"] == 1
+    assert matrix.loc["actually defect", "called good"] == 1
+    assert len(at.get("plotly_chart")) == 3  # histogram, ROC, PR
+    assert "Missed defects: 25%" in shown and "False alarms: 25%" in shown
+    band = _frame_with(at, "zone").set_index("zone")
+    assert band.loc["review", "images"] == 1
+    assert len(at.image) == 2  # one false alarm and one missed defect, with heatmaps
+
+    at.slider(key=f"ev_thr_{mv}").set_value(0.45).run()
+    matrix = at.dataframe[1].value
+    assert matrix.loc["actually defect", "called good"] == 0
+    assert matrix.loc["actually good", "called defect"] == 1
+    assert "Missed defects: 0%" in texts(at)
+
+    _button(at, "Save threshold").click().run()
+    assert not at.exception
+    assert "Saved: the threshold in use is now 0.4500" in texts(at)
+    history = _frame_with(at, "method")
+    assert history.iloc[0]["threshold"] == pytest.approx(0.45)
+    assert bool(history.iloc[0]["active"]) and history.iloc[0]["method"] == "manual"
+    assert not bool(history.iloc[1]["active"])
+    assert "Threshold in use: **0.4500** (manual)" in texts(at)
+
+
+def test_evaluation_with_only_good_images_explains_what_is_missing(
+    home: Path, ctx: Kensa, make_project
+) -> None:
+    make_project("goods", n_train=3, n_test_good=3, n_defect=0)
+    fake_training(ctx, "goods", metrics={})
+    at = open_app(EVALUATION, "goods")
+    assert not at.exception
+    shown = texts(at)
+    assert "There are no defect images among them" in shown
+    assert "Pixel scores need defect images with masks" in shown
+    assert len(at.get("plotly_chart")) == 1  # the histogram only
+
+
+def test_older_model_cannot_save(home: Path, ctx: Kensa, make_project) -> None:
+    make_project("widgets", n_train=3, n_test_good=2, n_defect=2)
+    old = fake_training(ctx, "widgets")
+    fake_training(ctx, "widgets")
+    at = open_app(EVALUATION, "widgets")
+    at.selectbox(key="ev_model").set_value(old).run()
+    assert not at.exception
+    assert not [b for b in at.button if b.label == "Save threshold"]
+    assert "Only the newest model's threshold can be saved" in texts(at)

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command: installs what the suite needs (Python packages, Debian's Chromium and
+# PostgreSQL), starts PostgreSQL on localhost, then runs pytest. Idempotent; extra arguments go
+# to pytest (e.g. `bash tests/run.sh tests/engine -x`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+python3 -m pip install -q -r requirements-dev.txt
+if ! command -v chromium >/dev/null 2>&1; then
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq chromium >/dev/null
+fi
+KENSA_TEST_POSTGRES_URL="$(bash .ci/postgres.sh)"
+export KENSA_TEST_POSTGRES_URL KENSA_REQUIRE_POSTGRES=1
+exec python3 -m pytest -q "$@"
