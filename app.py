@@ -11,7 +11,7 @@ import streamlit as st
 
 from pages.common import (
     DATASETS_PAGE,
-    NEW_PROJECT_PARAM,
+    NEW_PROJECT_PAGE,
     PENDING_KEY,
     PROJECT_KEY,
     context,
@@ -50,7 +50,7 @@ def _sidebar(ctx: Kensa) -> None:
             help="A project holds the images, models and thresholds of one part or product.",
         )
         if st.button("New project", icon=":material/add:", width="stretch"):
-            st.switch_page(DATASETS_PAGE, query_params={NEW_PROJECT_PARAM: "1"})
+            st.switch_page(NEW_PROJECT_PAGE)
 
 
 ctx = context()
@@ -59,11 +59,12 @@ try:
 except Exception as exc:  # noqa: BLE001 - a broken demo must never keep the app from opening
     st.sidebar.warning(f"The demo project could not be created: {exc}")
 
-_sidebar(ctx)
 navigation = st.navigation(
     {
         "": [
             st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+            st.Page(NEW_PROJECT_PAGE, title="New project", icon=":material/add:",
+                    url_path="new-project", visibility="hidden"),
         ],
         "Workbench": [
             st.Page(DATASETS_PAGE, title="Datasets", icon=":material/photo_library:",
@@ -77,4 +78,5 @@ navigation = st.navigation(
         ],
     }
 )
+_sidebar(ctx)  # after st.navigation: "New project" switches to a page it registered
 navigation.run()

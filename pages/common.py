@@ -18,14 +18,12 @@ from services.context import Kensa
 
 PROJECT_KEY = "project"
 PENDING_KEY = "_pending_project"
-#: Query parameter of the Datasets page that shows the "new project" form (a URL, not session
-#: state: clicking Datasets in the menu drops it, so the form never sticks).
-NEW_PROJECT_PARAM = "new"
 
 DATASETS_PAGE = "pages/datasets.py"
 TRAINING_PAGE = "pages/training.py"
 EVALUATION_PAGE = "pages/evaluation.py"
 HOME_PAGE = "pages/home.py"
+NEW_PROJECT_PAGE = "pages/new_project.py"
 APP_SCRIPT = Path(__file__).resolve().parent.parent / "app.py"
 
 
@@ -73,7 +71,6 @@ def open_project(name: str, page: str | None = None) -> None:
     """Make ``name`` the sidebar's project on the next run (a widget's value cannot be set
     after it was drawn in this run), then go to ``page`` or rerun."""
     st.session_state[PENDING_KEY] = name
-    st.query_params.clear()
     if page:
         st.switch_page(page)
     st.rerun()
@@ -87,7 +84,7 @@ def need_project() -> str | None:
             "No project yet. A project is a set of images of one part or product. "
             "Create one from a folder of images or a zip file."
         )
-        st.page_link(DATASETS_PAGE, label="Create a project on the Datasets page",
+        st.page_link(NEW_PROJECT_PAGE, label="Create a project",
                      icon=":material/add_photo_alternate:")
     return name
 

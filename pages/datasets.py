@@ -7,13 +7,8 @@ import math
 import pandas as pd
 import streamlit as st
 
-from pages.common import (
-    NEW_PROJECT_PARAM,
-    context,
-    current_project,
-    open_project,
-    route_through_app,
-)
+from pages.common import context, current_project, route_through_app
+from pages.import_form import GALLERY_PAGE_KEY, LAST_IMPORT, import_forms, new_project_form
 from services.gallery import (
     PREVIEW_SIDE,
     dataset_overview,
@@ -21,72 +16,19 @@ from services.gallery import (
     image_detail,
     thumbnail,
 )
-from services.imports import ImportRefused, import_data, rescan
+from services.imports import rescan
 
 PER_PAGE = 24
 COLUMNS = 6
-LAST_IMPORT = "_last_import"
-PAGE_KEY = "ds_page"
+PAGE_KEY = GALLERY_PAGE_KEY
 ALL = "All"
 
 route_through_app()
 ctx = context()
 name = current_project()
-creating = st.query_params.get(NEW_PROJECT_PARAM) == "1" or name is None
-
-LAYOUT_HELP = """
-**How to arrange the images** (the folder names matter, the file names do not):
-
-```
-my_part/                        my_part/
-  train/good/      good images    good/          good images
-  test/good/       good images    defect/        defect images (or defect/<type>/)
-  test/<type>/     defects        mask/defect/   masks, same file name
-  ground_truth/<type>/<name>_mask.png
-```
-PNG, JPEG, BMP and TIFF; grayscale or colour. Masks are optional: they only add pixel-level
-scores. Defect images are optional too: a model learns from good images alone.
-"""
-
-
-def _run_import(project: str, create: bool, zip_file=None, folder: str | None = None) -> None:
-    """Import, remember the outcome for the next run, and open the project."""
-    try:
-        with st.spinner("Importing and checking every image…"):
-            result = import_data(ctx, project, zip_file=zip_file, folder=folder, create=create)
-    except (ImportRefused, ValueError) as exc:
-        st.error(f"Nothing was imported: {exc}")
-        return
-    st.session_state[LAST_IMPORT] = result
-    st.session_state[PAGE_KEY] = 1
-    open_project(result.project)
-
-
-def _import_forms(project: str | None, create: bool) -> None:
-    zip_tab, folder_tab = st.tabs(["Upload a zip file", "Folder on this server"])
-    with zip_tab, st.form("zip-import", clear_on_submit=False, border=False):
-        new_name = st.text_input("Project name", key="zip-name") if create else project
-        upload = st.file_uploader("Zip file with the images", type=["zip"])
-        if st.form_submit_button("Import zip", type="primary"):
-            if not new_name or not new_name.strip():
-                st.error("Give the project a name first.")
-            elif upload is None:
-                st.error("Choose a zip file first.")
-            else:
-                _run_import(new_name, create, zip_file=upload)
-    with folder_tab, st.form("folder-import", border=False):
-        new_name = st.text_input("Project name", key="folder-name") if create else project
-        folder = st.text_input(
-            "Folder path", placeholder="/data/line3/camera1",
-            help="A folder on the computer that runs Kensa. Its images are copied into "
-                 "Kensa's data folder; the original is never changed.",
-        )
-        if st.form_submit_button("Import folder", type="primary"):
-            if not new_name or not new_name.strip():
-                st.error("Give the project a name first.")
-            else:
-                _run_import(new_name, create, folder=folder)
-    st.markdown(LAYOUT_HELP)
+if name is None:  # nothing to show yet: the first project is made here
+    new_project_form()
+    st.stop()
 
 
 def _show_last_import() -> None:
@@ -114,19 +56,6 @@ def _show_last_import() -> None:
             st.rerun()
 
 
-# --------------------------------------------------------------------------- new project
-if creating:
-    st.title("New project")
-    st.markdown(
-        "A project is the images of **one part or product seen by one camera**. Give it a "
-        "name and bring the images as a zip file or a folder."
-    )
-    _import_forms(None, create=True)
-    if name is not None and st.button("Cancel"):
-        st.query_params.clear()
-        st.rerun()
-    st.stop()
-
 # --------------------------------------------------------------------------- overview
 overview = dataset_overview(ctx, name)
 st.title(f"Datasets · {name}")
@@ -139,13 +68,13 @@ if overview.total == 0:
         "already did, the validation report says what was wrong with the files."
     )
 
-good = sum(r["good"] for r in overview.counts)
-defect = sum(r["defect"] for r in overview.counts)
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Images", overview.total)
-m2.metric("Good", good)
-m3.metric("Defect", defect)
-m4.metric("Files with problems", len(overview.problems))
+m2.metric("Good", overview.good)
+m3.metric("Defect", overview.defect)
+m4.metric("Problems found", len(overview.problems),
+          help="Files left out or limited on import: unreadable, duplicate, mask missing or "
+               "of the wrong size. The validation report below lists them.")
 
 if overview.total:
     left, right = st.columns(2)
@@ -172,7 +101,7 @@ with st.expander(f"Validation report ({len(overview.problems)} problem(s))",
         st.success(f"All {overview.total} images and their masks opened without problems.")
 
 with st.expander("Add images", expanded=overview.total == 0):
-    _import_forms(name, create=False)
+    import_forms(name, create=False)
     if st.button("Re-scan the project folder",
                  help="Pick up images copied into the folder by hand, and check them again."):
         with st.spinner("Checking every image…"):

@@ -173,9 +173,9 @@ if band is not None:
     st.subheader("Review band", anchor=False)
     c = band["counts"]
     st.markdown(
-        f"Instead of one threshold, two: below **{band['low']:.4f}** (the lowest defect score "
-        f"seen) a part is **sure good**; from **{band['high']:.4f}** (the highest good score "
-        "seen) up it is **sure defect**; in between a person should **review** it."
+        f"Instead of one threshold, two: below **{band['low']:.4f}** ({band['low_is']}) a "
+        f"part is **sure good**; from **{band['high']:.4f}** ({band['high_is']}) up it is "
+        "**sure defect**; in between a person should **review** it."
     )
     st.dataframe(
         pd.DataFrame([

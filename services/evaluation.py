@@ -224,8 +224,8 @@ def worst_errors(ev: Evaluation, threshold: float, n: int = 4
 def review_band(ev: Evaluation) -> dict[str, Any] | None:
     """Band between the lowest defect score and the highest good score, with counts.
 
-    Below the band no held-out defect was ever seen (sure good), above it no good image
-    (sure defect); in between a person should look. None without both classes.
+    Below the band no held-out defect was seen (sure good), from its top up no good image
+    scored higher (sure defect); in between a person should look. None without both classes.
     """
     if not ev.has_both:
         return None
@@ -237,9 +237,13 @@ def review_band(ev: Evaluation) -> dict[str, Any] | None:
         counts[zone] = {"images": int(in_zone.sum()),
                         "good": int((in_zone & (ev.labels == 0)).sum()),
                         "defect": int((in_zone & (ev.labels == 1)).sum())}
-    return {"low": band.low, "high": band.high, "counts": counts,
-            "overlap": band.low < band.high and
-            float(ev.scores[ev.labels == 1].min()) <= float(ev.scores[ev.labels == 0].max())}
+    overlap = float(ev.scores[ev.labels == 1].min()) <= float(ev.scores[ev.labels == 0].max())
+    lowest_defect, highest_good = "the lowest defect score", "the highest good score"
+    return {"low": band.low, "high": band.high, "counts": counts, "overlap": overlap,
+            # What each edge is, in words: the classes overlap (edges = lowest defect, highest
+            # good) or are separated (edges = highest good, lowest defect).
+            "low_is": lowest_defect if overlap else highest_good,
+            "high_is": highest_good if overlap else lowest_defect}
 
 
 def threshold_history(ctx: Kensa, name: str, model_version_id: int) -> list[dict[str, Any]]:

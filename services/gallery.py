@@ -177,6 +177,14 @@ class DatasetOverview:
     labels: list[str]
     data_root: str
 
+    @property
+    def good(self) -> int:
+        return sum(r["good"] for r in self.counts)
+
+    @property
+    def defect(self) -> int:
+        return sum(r["defect"] for r in self.counts)
+
 
 def _item(ctx: Kensa, img: Image) -> GalleryItem:
     path = str(ctx.resolve(img.path))

@@ -20,16 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 import db.repositories as repo
 from db.models import BankKind
 from engine import thresholds
 from engine.data import ImageLoadError, load_image, sha256_file
 from engine.memory_bank import IncrementalMemoryBank, MemoryBank
-from engine.models.augment_views import grid_coordinates, iter_views, views_for
 from engine.models.fewshot import FewShotPatchCore
-from engine.models.preprocess import GRID_STRIDE, to_tensor
 from services.batches import (
     ActiveModel,
     active_model,
@@ -214,33 +211,11 @@ def start_bank_update_process(ctx: Kensa, name: str, image_paths: Sequence[str |
     return spawn(ctx, [*argv, *(["--note", note] if note else [])], log)
 
 
-def _patch_vectors(model: FewShotPatchCore, images: Sequence[np.ndarray], first_id: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Patch features + provenance of new good images, made the way ``fit`` makes them.
-
-    Same views as the bank was built with (it depends on the training shot count), image ids
-    from ``first_id`` on so provenance never collides with an earlier version's images.
-    """
-    views = views_for(model.config.views, max(1, len(model.state.images)))
-    vectors, provenance = [], []
-    with torch.no_grad():
-        for offset, image in enumerate(images):
-            tensor = to_tensor(image, model.config.image_size)
-            for viewed, view in iter_views(tensor, views):
-                feats = model._features(viewed)[0]  # the model's own path (intensity matching)
-                coords = grid_coordinates(tensor.shape[-2] // GRID_STRIDE,
-                                          tensor.shape[-1] // GRID_STRIDE, view)
-                vectors.append(feats.flatten(1).T)
-                ids = torch.full((coords.shape[0], 1), first_id + offset, dtype=torch.int64)
-                provenance.append(torch.cat([ids, coords], dim=1))
-    return torch.cat(vectors), torch.cat(provenance)
-
-
 def _grow_bank(model: FewShotPatchCore, images: Sequence[np.ndarray]) -> MemoryBank:
     """``IncrementalMemoryBank.update`` with the model's limits; refuses a no-op update."""
     bank = model.bank
     first_id = int(bank.provenance[:, 0].max()) + 1 if len(bank) else 0
-    vectors, provenance = _patch_vectors(model, images, first_id)
+    vectors, provenance = model.embed_images(images, first_id)
     grower = IncrementalMemoryBank(bank, max_size=model.config.max_bank, seed=model.config.seed)
     result = grower.update(vectors, provenance)
     if result.added == 0:

@@ -127,30 +127,12 @@ class FewShotPatchCore:
             float(np.mean([t.mean() for t in tensors])),
             float(np.mean([t.std() for t in tensors]))))
         views = views_for(self.config.views, len(images))
-        vectors: list[torch.Tensor] = []
-        provenance: list[torch.Tensor] = []
-        records: list[TrainingImage] = []
-        for image_id, (image, tensor) in enumerate(zip(images, tensors, strict=True)):
-            for viewed, view in iter_views(tensor, views):
-                feats = self._features(viewed)[0]  # [D,h',w']
-                vectors.append(feats.flatten(1).T.contiguous())
-                gh = tensor.shape[-2] // GRID_STRIDE
-                gw = tensor.shape[-1] // GRID_STRIDE
-                coords = grid_coordinates(gh, gw, view)
-                if coords.shape[0] != vectors[-1].shape[0]:
-                    raise RuntimeError(
-                        f"feature grid {tuple(feats.shape[1:])} does not match {gh}x{gw}"
-                    )
-                ids = torch.full((coords.shape[0], 1), image_id, dtype=torch.int64)
-                provenance.append(torch.cat([ids, coords], dim=1))
-            records.append(TrainingImage(names[image_id], image.shape[0], image.shape[1],
-                                         tensor.shape[-2] // GRID_STRIDE,
-                                         tensor.shape[-1] // GRID_STRIDE))
-            if progress:
-                progress("extracting features", 0.8 * (image_id + 1) / len(images))
-        all_vectors = torch.cat(vectors)
-        all_provenance = torch.cat(provenance).to(self.device)
-        del vectors, provenance
+        all_vectors, all_provenance = self.embed(tensors, views, progress=progress)
+        records = [
+            TrainingImage(name, image.shape[0], image.shape[1],
+                          t.shape[-2] // GRID_STRIDE, t.shape[-1] // GRID_STRIDE)
+            for name, image, t in zip(names, images, tensors, strict=True)
+        ]
         bank = MemoryBank(all_vectors, all_provenance)
         if len(bank) > self.config.max_bank:
             if progress:
@@ -164,6 +146,43 @@ class FewShotPatchCore:
         self.state.n_patches = int(all_vectors.shape[0])
         return FitReport(len(images), int(all_vectors.shape[0]), len(bank),
                          time.perf_counter() - started)
+
+    def embed(
+        self,
+        tensors: Sequence[torch.Tensor],
+        views: list[tuple[int, bool]],
+        first_id: int = 0,
+        progress: ProgressFn | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch vectors of every view of every image, provenance in original coordinates.
+
+        Shared by ``fit`` and bank updates, so new good images enter the bank exactly as the
+        first shots did; image ids start at ``first_id`` so provenance never collides.
+        """
+        vectors: list[torch.Tensor] = []
+        provenance: list[torch.Tensor] = []
+        for offset, tensor in enumerate(tensors):
+            gh, gw = tensor.shape[-2] // GRID_STRIDE, tensor.shape[-1] // GRID_STRIDE
+            for viewed, view in iter_views(tensor, views):
+                feats = self._features(viewed)[0]  # [D,h',w']
+                vectors.append(feats.flatten(1).T.contiguous())
+                coords = grid_coordinates(gh, gw, view)
+                if coords.shape[0] != vectors[-1].shape[0]:
+                    raise RuntimeError(
+                        f"feature grid {tuple(feats.shape[1:])} does not match {gh}x{gw}"
+                    )
+                ids = torch.full((coords.shape[0], 1), first_id + offset, dtype=torch.int64)
+                provenance.append(torch.cat([ids, coords], dim=1))
+            if progress:
+                progress("extracting features", 0.8 * (offset + 1) / len(tensors))
+        return torch.cat(vectors), torch.cat(provenance)
+
+    def embed_images(self, images: Sequence[np.ndarray], first_id: int = 0
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """New good images -> (vectors, provenance) with the views the bank was built with."""
+        views = views_for(self.config.views, max(1, len(self.state.images)))
+        tensors = [to_tensor(image, self.config.image_size) for image in images]
+        return self.embed(tensors, views, first_id)
 
     # -- score ----------------------------------------------------------------------------
     def patch_distances(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, tuple]:

@@ -123,8 +123,15 @@ def _shot(page, name: str) -> Path:
     return path
 
 
+def _settled(page) -> None:
+    """Wait until the script run finished (Streamlit shows its status widget while running)."""
+    page.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')")
+    page.wait_for_timeout(300)
+
+
 def _no_error(page) -> None:
     """No Python exception box on the page (st.exception renders [data-testid=stException])."""
+    _settled(page)
     assert page.locator('[data-testid="stException"]').count() == 0, page.inner_text("body")
 
 
@@ -132,7 +139,7 @@ def _nav(page, label: str) -> None:
     page.locator('[data-testid="stSidebarNav"]').get_by_text(label, exact=True).click()
 
 
-def test_demo_train_evaluate_save_threshold(server: str, browser_page) -> None:
+def test_demo_train_evaluate_save_threshold(browser_page, server: str) -> None:
     page = browser_page
     timings: dict[str, float] = {}
 
@@ -142,8 +149,8 @@ def test_demo_train_evaluate_save_threshold(server: str, browser_page) -> None:
     page.get_by_text("Good images").first.wait_for()
     page.get_by_role("heading", name="demo").wait_for()
     timings["first page"] = time.monotonic() - start
+    page.get_by_text(re.compile("Magnetic Tile Defect")).wait_for()
     _no_error(page)
-    assert "Magnetic Tile Defect" in page.inner_text("body")
     _shot(page, "home")
 
     # New project: the form a first-time user fills in (not submitted here).
@@ -153,7 +160,7 @@ def test_demo_train_evaluate_save_threshold(server: str, browser_page) -> None:
     _no_error(page)
     _shot(page, "new-project")
 
-    # Datasets: counts and the gallery of the demo (the menu leaves the new-project form).
+    # Datasets: counts and the gallery of the demo (the menu leads away from the form).
     _nav(page, "Datasets")
     page.get_by_role("heading", name="Datasets · demo").wait_for()
     page.get_by_role("heading", name="Gallery").wait_for()
@@ -195,19 +202,26 @@ def test_demo_train_evaluate_save_threshold(server: str, browser_page) -> None:
     page.get_by_text("What happens at this threshold").wait_for()
     save = page.get_by_role("button", name=re.compile("Save threshold"))
     save.wait_for()
-    page.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')")
+    _settled(page)
     save.click()
     saved = page.get_by_text(re.compile(r"Saved: the threshold in use is now [0-9]+\.[0-9]+"))
     saved.wait_for()
     value = float(re.search(r"now ([0-9]+\.[0-9]+)", saved.inner_text()).group(1))
     assert value == pytest.approx(moved, abs=1e-4)
-    page.get_by_text(f"{value:.4f}").first.wait_for()
-    assert f"Threshold in use: {value:.4f} (manual)" in page.inner_text("body")
+    page.get_by_text(f"Threshold in use: {value:.4f} (manual)").wait_for()
     _no_error(page)
     _shot(page, "evaluation")
 
     # A reload straight onto a page URL keeps the router (sidebar project picker and all).
     page.goto(f"{server}/evaluation")
     page.get_by_role("heading", name="Evaluation · demo").wait_for()
-    assert f"Threshold in use: {value:.4f} (manual)" in page.inner_text("body")
+    page.get_by_text(f"Threshold in use: {value:.4f} (manual)").wait_for()
+    _no_error(page)
+
+    # Home again: the status card now shows the model, its bank and the saved threshold.
+    _nav(page, "Home")
+    page.get_by_text("Active model").wait_for()
+    page.get_by_text(f"{value:.4f}").first.wait_for()
+    _no_error(page)
+    _shot(page, "home-trained")
     print(f"\nbrowser timings: {timings}")

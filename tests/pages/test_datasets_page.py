@@ -117,7 +117,7 @@ def test_folder_with_a_corrupt_image_reports_it(home: Path, tmp_path: Path) -> N
     at.run()
     assert not at.exception
     shown = texts(at)
-    assert "Files with problems: 1" in shown
+    assert "Problems found: 1" in shown
     report = next(f for f in _frames(at) if "problem" in f.columns)
     row = report[report["file"].str.endswith("broken.png")].iloc[0]
     assert row["problem"] == "cannot be opened as an image"
@@ -185,12 +185,34 @@ def test_gallery_rerun_of_500_images_is_fast(home: Path, make_project) -> None:
     assert statistics.median(times) < 0.3
 
 
-def test_new_project_button_opens_the_form_and_cancel_returns(home: Path, make_project) -> None:
+def test_new_project_button_opens_the_form_and_the_menu_leaves_it(
+    home: Path, make_project
+) -> None:
     make_project("widgets", n_train=2, n_test_good=1, n_defect=1)
     at = open_app(DATASETS, "widgets")
     assert "Datasets · widgets" in texts(at)
     at.sidebar.button[0].click().run()
     assert not at.exception
-    assert "New project" in texts(at) and at.query_params.get("new") == "1"
-    _button(at, "Cancel").click().run()
+    assert "New project" in texts(at)
+    assert [link.label for link in at.get("page_link")] == [
+        "Cancel: back to the current project"]
+    at.switch_page(DATASETS)
+    at.run()
     assert "Datasets · widgets" in texts(at)
+
+
+def test_adding_a_second_zip_adds_only_new_images(home: Path, tmp_path: Path) -> None:
+    first = _zip_folder(make_mvtec(tmp_path / "a", n_train=3, n_test_good=1, n_defect=1))
+    at = _upload_new_project(open_app(DATASETS), "line3", first)
+    assert ("Images", "5") in [(m.label, m.value) for m in at.metric]
+    more = _zip_folder(make_mvtec(tmp_path / "b", n_train=5, n_test_good=1, n_defect=1, seed=7),
+                       prefix="other-name")
+    at.file_uploader[0].set_value(("more.zip", more, "application/zip"))
+    _button(at, "Import zip").click().run()
+    assert not at.exception
+    shown = texts(at)
+    # same file names with other pixels are refused, new names are added
+    assert "2 new image(s)" in shown
+    rejected = next(f for f in _frames(at) if "reason" in f.columns)
+    assert rejected["reason"].str.contains("different file with this name").sum() == 6  # +mask
+    assert ("Images", "7") in [(m.label, m.value) for m in at.metric]

@@ -76,6 +76,8 @@ def test_review_band_brackets_the_overlap(ctx: Kensa, evaluated: int) -> None:
     assert counts["review"] == {"images": 1, "good": 0, "defect": 1}
     assert counts["defect"] == {"images": 4, "good": 1, "defect": 3}
     assert band["overlap"]
+    assert (band["low_is"], band["high_is"]) == ("the lowest defect score",
+                                                 "the highest good score")
 
 
 def test_curves_need_both_classes(ctx: Kensa, make_project) -> None:
@@ -137,3 +139,12 @@ def test_heatmap_overlay_is_cached(ctx: Kensa, evaluated: int) -> None:
     assert heatmap_overlay(ctx.home, item.path, item.heatmap_path) == data
     assert heatmap_overlay(ctx.home, item.path, None) is None
     assert heatmap_overlay(ctx.home, item.path, "/missing.png") is None
+
+
+def test_review_band_of_separated_scores_names_its_edges(ctx: Kensa, make_project) -> None:
+    make_project("clean", n_train=3, n_test_good=2, n_defect=2)
+    scores = {"good_000.png": 0.1, "good_001.png": 0.3, "spot_000.png": 0.6, "spot_001.png": 0.9}
+    band = review_band(load_evaluation(ctx, "clean", fake_training(ctx, "clean", scores)))
+    assert (band["low"], band["high"], band["overlap"]) == (0.3, 0.6, False)
+    assert band["low_is"] == "the highest good score"
+    assert band["counts"]["review"] == {"images": 1, "good": 1, "defect": 0}

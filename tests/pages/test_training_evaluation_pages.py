@@ -10,6 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import services.train_setup as train_setup
+from engine.models.fewshot import FewShotConfig
 from services.context import Kensa
 from services.project_training import list_model_versions
 from tests.pages.conftest import fake_training, open_app, texts
@@ -49,7 +50,7 @@ def test_training_page_recommends_and_explains(home: Path, make_project) -> None
     assert backbone.value == "efficientnet_lite0"
     assert "resnet18 — needs network" in backbone.options  # the labels the user reads
     size = at.slider(key="tr_size")
-    assert (size.min, size.max, size.value) == (128, 768, 320)
+    assert (size.min, size.max, size.value) == (128, 768, FewShotConfig().image_size)
     assert "No training yet" in shown
 
 
@@ -188,3 +189,11 @@ def test_older_model_cannot_save(home: Path, ctx: Kensa, make_project) -> None:
     assert not at.exception
     assert not [b for b in at.button if b.label == "Save threshold"]
     assert "Only the newest model's threshold can be saved" in texts(at)
+
+
+@pytest.mark.parametrize("page", [TRAINING, EVALUATION])
+def test_pages_without_any_project_point_to_creating_one(home: Path, page: str) -> None:
+    at = open_app(page)
+    assert not at.exception
+    assert "No project yet" in texts(at)
+    assert [link.label for link in at.get("page_link")] == ["Create a project"]

@@ -1,0 +1,93 @@
+"""The import forms (zip upload or server folder) shared by the New project and Datasets pages.
+
+Not a page: app.py registers pages explicitly. Widgets and one service call only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from pages.common import DATASETS_PAGE, context, open_project
+from services.imports import ImportRefused, import_data
+
+LAST_IMPORT = "_last_import"
+GALLERY_PAGE_KEY = "ds_page"
+
+MVTEC_LAYOUT = """my_part/
+  train/good/          good images to learn from
+  test/good/           good images to check with
+  test/<defect type>/  defect images, e.g. test/scratch/
+  ground_truth/<defect type>/<name>_mask.png"""
+FLAT_LAYOUT = """my_part/
+  good/                 good images
+  defect/               defect images
+                        (or defect/<defect type>/)
+  mask/defect/          masks, same file names"""
+
+
+def layout_help() -> None:
+    """The two folder layouts Kensa understands, side by side."""
+    st.markdown("**How to arrange the images** — the folder names matter, file names do not.")
+    left, right = st.columns(2)
+    left.caption("With a train / test split (MVTec layout)")
+    left.code(MVTEC_LAYOUT, language=None)
+    right.caption("Just good and defect (flat layout)")
+    right.code(FLAT_LAYOUT, language=None)
+    st.caption("PNG, JPEG, BMP or TIFF; grayscale or colour. Masks are optional (they add "
+               "pixel-level scores), and so are defect images: a model learns from good "
+               "images alone.")
+
+
+def _run_import(project: str, create: bool, zip_file: Any = None,
+                folder: str | None = None) -> None:
+    """Import, remember the outcome for the Datasets page, and open the project there."""
+    try:
+        with st.spinner("Importing and checking every image…"):
+            result = import_data(context(), project, zip_file=zip_file, folder=folder,
+                                 create=create)
+    except (ImportRefused, ValueError) as exc:
+        st.error(f"Nothing was imported: {exc}")
+        return
+    st.session_state[LAST_IMPORT] = result
+    st.session_state[GALLERY_PAGE_KEY] = 1
+    open_project(result.project, DATASETS_PAGE)
+
+
+def import_forms(project: str | None, create: bool) -> None:
+    """Two tabs: upload a zip, or name a folder on the server. ``create`` asks for a name."""
+    zip_tab, folder_tab = st.tabs(["Upload a zip file", "Folder on this server"])
+    with zip_tab, st.form("zip-import", border=False):
+        new_name = st.text_input("Project name", key="zip-name") if create else project
+        upload = st.file_uploader("Zip file with the images", type=["zip"])
+        if st.form_submit_button("Import zip", type="primary"):
+            if not new_name or not new_name.strip():
+                st.error("Give the project a name first.")
+            elif upload is None:
+                st.error("Choose a zip file first.")
+            else:
+                _run_import(new_name, create, zip_file=upload)
+    with folder_tab, st.form("folder-import", border=False):
+        new_name = st.text_input("Project name", key="folder-name") if create else project
+        folder = st.text_input(
+            "Folder path", placeholder="/data/line3/camera1",
+            help="A folder on the computer that runs Kensa. Its images are copied into "
+                 "Kensa's data folder; the original is never changed.",
+        )
+        if st.form_submit_button("Import folder", type="primary"):
+            if not new_name or not new_name.strip():
+                st.error("Give the project a name first.")
+            else:
+                _run_import(new_name, create, folder=folder)
+    layout_help()
+
+
+def new_project_form() -> None:
+    """Everything the New project page shows (also the Datasets page before any project)."""
+    st.title("New project")
+    st.markdown(
+        "A project is the images of **one part or product seen by one camera**. Give it a "
+        "name and bring the images as a zip file or a folder."
+    )
+    import_forms(None, create=True)
