@@ -50,9 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     report = model.fit(images)
     fit_s = time.perf_counter() - started
+    queries = [part(rng, args.size) for _ in range(args.score)]
     started = time.perf_counter()
-    for _ in range(args.score):
-        model.score([part(rng, args.size)])
+    for image in queries:
+        model.score([image])
     print(json.dumps({
         "shots": args.shots,
         "size": args.size,
