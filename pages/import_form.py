@@ -16,10 +16,10 @@ LAST_IMPORT = "_last_import"
 GALLERY_PAGE_KEY = "ds_page"
 
 MVTEC_LAYOUT = """my_part/
-  train/good/          good images to learn from
-  test/good/           good images to check with
-  test/<defect type>/  defect images, e.g. test/scratch/
-  ground_truth/<defect type>/<name>_mask.png"""
+  train/good/      good, to learn from
+  test/good/       good, to check with
+  test/scratch/    defects, a folder per type
+  ground_truth/scratch/<name>_mask.png"""
 FLAT_LAYOUT = """my_part/
   good/                 good images
   defect/               defect images
