@@ -97,7 +97,9 @@ def run_worker(args: argparse.Namespace) -> dict[str, object]:
         mask = load_mask(record.mask_path, image.shape[:2]) if record.mask_path else None
         masks.append(mask)
     image_m = image_metrics(np.asarray(scores), np.asarray(labels))
-    pixel_m = pixel_metrics(maps, masks)
+    # Defect images without a mask would count their defect as background: leave them out.
+    usable = [i for i, lab in enumerate(labels) if lab == 0 or masks[i] is not None]
+    pixel_m = pixel_metrics([maps[i] for i in usable], [masks[i] for i in usable])
     return {
         "method": args.method,
         "category": data.name,
