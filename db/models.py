@@ -213,6 +213,9 @@ class ModelVersion(Base):
     finished_at: Mapped[datetime | None]
     fit_seconds: Mapped[float | None]
     artifact_dir: Mapped[str | None] = mapped_column(String(1024))
+    # added in 0003: the worker's last sign of life, so a crashed worker is told apart from
+    # a slow one (status alone stays "running" after a SIGKILL or an out-of-memory kill)
+    heartbeat_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = _now_column()
 
 

@@ -310,8 +310,10 @@ def _update_active_run(session: Session, model_version_id: int, **values: Any) -
 
 def start_model_version(session: Session, model_version_id: int, stage: str | None = None) -> bool:
     """queued -> running; False if the run was cancelled (or finished) meanwhile."""
+    now = utcnow()
     return _update_active_run(
-        session, model_version_id, status=RunStatus.RUNNING.value, started_at=utcnow(), stage=stage
+        session, model_version_id, status=RunStatus.RUNNING.value, started_at=now, stage=stage,
+        heartbeat_at=now,
     )
 
 
@@ -323,7 +325,8 @@ def update_progress(
     Returns False when the run is no longer queued/running: the worker should stop, this is
     how a cancel from the UI reaches it.
     """
-    values: dict[str, Any] = {"progress": min(max(float(progress), 0.0), 1.0)}
+    values: dict[str, Any] = {"progress": min(max(float(progress), 0.0), 1.0),
+                              "heartbeat_at": utcnow()}
     if stage is not None:
         values["stage"] = stage
     return _update_active_run(session, model_version_id, **values)

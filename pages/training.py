@@ -11,6 +11,7 @@ from services.train_setup import (
     IMAGE_SIZE_STEP,
     SEED_MAX,
     STUCK_QUEUED_S,
+    STUCK_RUNNING_S,
     active_runs,
     cancel,
     run_history,
@@ -129,6 +130,13 @@ def _live(watched: tuple[int, ...]) -> None:
                     f"The background worker has not started after {run['waiting_s']:.0f} s. "
                     "It may have failed to start (its log is worker.log in the model's folder "
                     "under the Kensa data folder). Cancel and try again."
+                )
+            if run["silent_s"] > STUCK_RUNNING_S:
+                st.warning(
+                    f"No progress from the background worker for {run['silent_s'] / 60:.0f} "
+                    "min: it has probably stopped (for example, out of memory). Its log is "
+                    "worker.log in the model's folder under the Kensa data folder. Cancel this "
+                    "run and train again."
                 )
             if st.button("Cancel", key=f"cancel-{run['id']}", icon=":material/stop:"):
                 cancel(ctx, run["id"])

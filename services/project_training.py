@@ -243,7 +243,7 @@ def _mv_dict(mv: ModelVersion) -> dict[str, Any]:
         "status": mv.status, "stage": mv.stage, "progress": mv.progress, "error": mv.error,
         "started_at": mv.started_at, "finished_at": mv.finished_at,
         "fit_seconds": mv.fit_seconds, "artifact_dir": mv.artifact_dir,
-        "created_at": mv.created_at,
+        "created_at": mv.created_at, "heartbeat_at": mv.heartbeat_at,
     }
 
 

@@ -27,6 +27,9 @@ from services.projects import require_project
 IMAGE_SIZE_RANGE = (128, 768)
 #: A queued run whose worker has not written anything after this long is reported as stuck.
 STUCK_QUEUED_S = 90
+#: A running worker that has written no progress for this long is reported as stopped. The
+#: longest silent step is the coreset of a large bank (about a minute for 64 shots of 1024 px).
+STUCK_RUNNING_S = 300
 IMAGE_SIZE_STEP = 32
 SEED_MAX = 999_999
 #: Good images that must stay out of training when there are no defect images, so that the
@@ -165,6 +168,11 @@ def _run_dict(mv: Any) -> dict[str, Any]:
 def _run_summary(run: dict[str, Any]) -> dict[str, Any]:
     out = {k: run[k] for k in ("id", "status", "stage", "progress", "started_at", "created_at",
                                "finished_at", "error")}
+    # How long a running worker has been silent: progress is written at least every few
+    # seconds, so minutes of silence mean the worker died (killed, out of memory).
+    last_sign = run.get("heartbeat_at") or run["started_at"]
+    out["silent_s"] = ((utcnow() - last_sign).total_seconds()
+                       if run["status"] == "running" and last_sign else 0.0)
     # How long a queued run has waited for its worker: a worker that never starts (broken
     # environment, killed) would otherwise leave the panel at "queued" forever.
     out["waiting_s"] = ((utcnow() - run["created_at"]).total_seconds()

@@ -32,7 +32,7 @@ def test_upgrade_reaches_head_and_is_idempotent(db_url: str) -> None:
     assert current_revision(db_url) is None
     upgrade(db_url)
     upgrade(db_url)  # the app calls it on every start
-    assert current_revision(db_url) == head_revision() == "0002_review_audit"
+    assert current_revision(db_url) == head_revision() == "0003_run_heartbeat"
     engine = make_engine(db_url)
     assert set(inspect(engine).get_table_names()) == TABLES | {"alembic_version"}
     engine.dispose()
@@ -93,8 +93,9 @@ def test_upgrade_from_0001_keeps_every_row(db_url: str) -> None:
 
     engine = make_engine(db_url)
     insp = inspect(engine)
-    assert current_revision(db_url) == "0002_review_audit"
+    assert current_revision(db_url) == "0003_run_heartbeat"
     assert "reviewed_at" in {c["name"] for c in insp.get_columns("predictions")}
+    assert "heartbeat_at" in {c["name"] for c in insp.get_columns("model_versions")}
     assert "ix_predictions_bank_version_id" in {i["name"] for i in insp.get_indexes("predictions")}
     assert "ix_images_project_id_label" in {i["name"] for i in insp.get_indexes("images")}
     with engine.begin() as conn:
@@ -167,7 +168,7 @@ def test_alembic_cli_works_from_anywhere(tmp_path: Path) -> None:
     out = subprocess.run(
         [*run, "current"], cwd=tmp_path, check=True, capture_output=True, text=True
     )
-    assert "0002_review_audit (head)" in out.stdout
+    assert "0003_run_heartbeat (head)" in out.stdout
     assert ROOT.joinpath("db", "alembic.ini") == ALEMBIC_INI
 
 

@@ -181,6 +181,8 @@ def test_model_version_lifecycle(engine: Engine, project_id: int) -> None:
         got = repo.get_model_version(s, mv.id)
         assert got is not None and got.status == "running" and got.started_at is not None
         assert (got.progress, got.stage) == (1.0, "coreset")  # clamped to the CHECK range
+        # every progress write is a sign of life: the page tells a dead worker by its silence
+        assert got.heartbeat_at is not None and got.heartbeat_at >= got.started_at
     with session_scope(engine) as s:
         assert repo.finish_model_version(
             s, mv.id, RunStatus.DONE, metrics={"auroc": 0.9}, fit_seconds=1.5, artifact_dir="/a"

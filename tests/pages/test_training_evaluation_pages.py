@@ -197,3 +197,23 @@ def test_pages_without_any_project_point_to_creating_one(home: Path, page: str) 
     assert not at.exception
     assert "No project yet" in texts(at)
     assert [link.label for link in at.get("page_link")] == ["Create a project"]
+
+
+
+def test_silent_running_worker_is_reported_as_stopped(
+    home: Path, ctx: Kensa, make_project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed mid-run leaves its row "running"; its silence is what gives it away."""
+    from db import repositories as repo
+
+    make_project("widgets", n_train=5, n_test_good=2, n_defect=3)
+    with ctx.session() as s:
+        project = repo.get_project_by_name(s, "widgets")
+        mv = repo.create_model_version(s, project.id, "kensa_patchcore", "efficientnet_lite0")
+        repo.start_model_version(s, mv.id, stage="extracting features")
+    at = open_app(TRAINING, "widgets")
+    assert "running" in texts(at) and "has probably stopped" not in texts(at)
+    assert 0 <= train_setup.active_runs(ctx, "widgets")[0]["silent_s"] < 60
+    monkeypatch.setattr(train_setup, "STUCK_RUNNING_S", -1)
+    at.run()
+    assert "has probably stopped" in texts(at)
