@@ -7,10 +7,8 @@ as immutable: every operation returns a new bank, so an old version stays usable
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -23,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from engine.artifacts import atomic_write
 from engine.coreset import CoresetSampler, GreedyCoresetSampler, resolve_device
 
 __all__ = [
@@ -291,35 +290,6 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
         ) from exc
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> str:
-    """Run ``write(tmp)`` on a temp file next to ``path``, fsync it, then ``os.replace`` it.
-
-    Readers see the old file or the new one, never a torn one; on any failure the temp file is
-    removed and ``path`` is untouched. Returns the sha256 hex digest of what was written.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        digest = hashlib.sha256()
-        with open(tmp, "r+b") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable (POSIX only)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return digest.hexdigest()
 
 
 class IncrementalMemoryBank:
