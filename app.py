@@ -17,8 +17,8 @@ from pages.common import (
     context,
 )
 from services.context import Kensa
-from services.demo import ensure_demo
-from services.projects import list_projects
+from services.data.demo import ensure_demo
+from services.data.projects import list_projects
 
 st.set_page_config(
     page_title="Kensa · visual inspection",
@@ -30,7 +30,7 @@ st.set_page_config(
 
 @st.cache_resource(show_spinner="Preparing the demo project…")
 def _bootstrap(home: str) -> str | None:
-    """Create the demo project once per data directory and server process (see services.demo)."""
+    """Create the demo project once per data directory and server process (services.data.demo)."""
     return ensure_demo(context())
 
 

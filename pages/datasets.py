@@ -9,14 +9,14 @@ import streamlit as st
 
 from pages.common import context, current_project, route_through_app
 from pages.import_form import GALLERY_PAGE_KEY, LAST_IMPORT, import_forms, new_project_form
-from services.gallery import (
+from services.data.gallery import (
     PREVIEW_SIDE,
     dataset_overview,
     gallery_page,
     image_detail,
     thumbnail,
 )
-from services.imports import rescan
+from services.data.imports import rescan
 
 PER_PAGE = 24
 COLUMNS = 6

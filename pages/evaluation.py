@@ -7,7 +7,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages.common import TRAINING_PAGE, context, fmt, need_project, route_through_app
-from services.evaluation import (
+from services.data.gallery import thumbnail
+from services.evaluation.report import (
     NothingToEvaluate,
     at_threshold,
     evaluable_versions,
@@ -19,7 +20,6 @@ from services.evaluation import (
     threshold_history,
     worst_errors,
 )
-from services.gallery import thumbnail
 
 GOOD_COLOUR = "#2E8B57"
 DEFECT_COLOUR = "#C0392B"

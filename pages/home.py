@@ -13,9 +13,9 @@ from pages.common import (
     open_project,
     route_through_app,
 )
-from services.batches import VALIDATION_PREFIX
-from services.demo import ATTRIBUTION, DEMO_NAME
-from services.projects import list_projects, project_status
+from services.data.demo import ATTRIBUTION, DEMO_NAME
+from services.data.projects import list_projects, project_status
+from services.inference.batches import VALIDATION_PREFIX
 
 route_through_app()
 ctx = context()

@@ -10,7 +10,7 @@ from typing import Any
 import streamlit as st
 
 from pages.common import DATASETS_PAGE, context, open_project
-from services.imports import ImportRefused, import_data
+from services.data.imports import ImportRefused, import_data
 
 LAST_IMPORT = "_last_import"
 GALLERY_PAGE_KEY = "ds_page"

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from pages.common import DATASETS_PAGE, EVALUATION_PAGE, context, need_project, route_through_app
-from services.train_setup import (
+from services.training.setup import (
     IMAGE_SIZE_RANGE,
     IMAGE_SIZE_STEP,
     SEED_MAX,

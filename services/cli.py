@@ -58,8 +58,8 @@ def _print(payload: object, as_json: bool, text: str) -> None:
 
 def cmd_train_files(args: argparse.Namespace) -> int:
     from engine.data import discover
-    from services.runs import save_run
-    from services.training import train_model
+    from services.training.fit import train_model
+    from services.training.runs import save_run
 
     index = discover(args.data)
     for problem in index.problems:
@@ -91,8 +91,8 @@ def cmd_train_files(args: argparse.Namespace) -> int:
 
 
 def cmd_score_files(args: argparse.Namespace) -> int:
-    from services.runs import load_run
-    from services.scoring import ScoringProblem, image_files, iter_predictions
+    from services.inference.scoring import ScoringProblem, image_files, iter_predictions
+    from services.training.runs import load_run
 
     model, rule = load_run(Path(args.run))
     paths = image_files(Path(args.path))
@@ -125,7 +125,7 @@ def _fmt_time(value: Any) -> str:
 
 
 def cmd_project_create(args: argparse.Namespace) -> int:
-    from services.projects import create_project
+    from services.data.projects import create_project
 
     report = create_project(_ctx(), args.name, args.data)
     for problem in report.problems:
@@ -138,7 +138,7 @@ def cmd_project_create(args: argparse.Namespace) -> int:
 
 
 def cmd_project_list(args: argparse.Namespace) -> int:
-    from services.projects import list_projects
+    from services.data.projects import list_projects
 
     projects = list_projects(_ctx())
     _print(projects, args.json,
@@ -148,7 +148,7 @@ def cmd_project_list(args: argparse.Namespace) -> int:
 
 
 def cmd_project_status(args: argparse.Namespace) -> int:
-    from services.projects import project_status
+    from services.data.projects import project_status
 
     status = project_status(_ctx(), args.name)
     images, model = status["images"], status["active_model_version"]
@@ -165,7 +165,7 @@ def cmd_project_status(args: argparse.Namespace) -> int:
 
 
 def cmd_train_project(args: argparse.Namespace) -> int:
-    from services.project_training import train_project
+    from services.training.project import train_project
 
     update, close = _progress_bar(not args.quiet)
     try:
@@ -186,7 +186,7 @@ def cmd_train_project(args: argparse.Namespace) -> int:
 
 
 def cmd_score_project(args: argparse.Namespace) -> int:
-    from services.batches import score_batch
+    from services.inference.batches import score_batch
 
     with tqdm(file=sys.stderr, disable=args.quiet, unit="img") as bar:
         def progress(done: int, total: int) -> None:
@@ -211,7 +211,7 @@ def _state(in_use: bool, active: bool) -> str:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from services.history import history
+    from services.history.versions import history
 
     h = history(_ctx(), args.name)
     lines = [f"project {h['project']}  (active model version: {h['active_model_version']})",
@@ -239,7 +239,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from services.history import rollback
+    from services.history.versions import rollback
 
     bank = rollback(_ctx(), args.name, args.to, note=args.note)
     thr = bank["threshold"]
@@ -250,7 +250,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_threshold_set(args: argparse.Namespace) -> int:
-    from services.history import set_threshold
+    from services.history.versions import set_threshold
 
     row = set_threshold(_ctx(), args.name, args.value, created_by=args.by)
     _print(row, args.json,
@@ -260,7 +260,7 @@ def cmd_threshold_set(args: argparse.Namespace) -> int:
 
 
 def cmd_update_bank(args: argparse.Namespace) -> int:
-    from services.history import update_bank
+    from services.history.versions import update_bank
 
     update, close = _progress_bar(not args.quiet)
     try:

@@ -14,7 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from services.context import Kensa
-from services.projects import create_project
+from services.data.projects import create_project
 from tests.synthetic import make_mvtec
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -84,7 +84,7 @@ def fake_training(ctx: Kensa, project: str, scores: dict[str, float] | None = No
     import numpy as np
 
     import db.repositories as repo
-    from services.batches import validation_batch_name
+    from services.inference.batches import validation_batch_name
 
     scores = scores or {}
     with ctx.session() as s:

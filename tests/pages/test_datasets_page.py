@@ -135,7 +135,7 @@ def test_missing_folder_is_a_plain_error(home: Path, tmp_path: Path) -> None:
 
 
 def test_empty_project_explains_next_step(home: Path, ctx, tmp_path: Path) -> None:
-    from services.projects import create_project
+    from services.data.projects import create_project
 
     root = tmp_path / "empty"
     (root / "train" / "good").mkdir(parents=True)

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import services.train_setup as train_setup
+import services.training.setup as train_setup
 from engine.models.fewshot import FewShotConfig
 from services.context import Kensa
-from services.project_training import list_model_versions
+from services.training.project import list_model_versions
 from tests.pages.conftest import fake_training, open_app, texts
 
 TRAINING = "pages/training.py"

@@ -24,7 +24,7 @@ import torch
 from db.session import make_engine
 from db.testing import make_migrated_database, reset_database
 from services.context import Kensa
-from services.projects import create_project
+from services.data.projects import create_project
 from tests.db.conftest import db_kind  # noqa: F401 - the sqlite/postgres parametrisation
 from tests.synthetic import make_mvtec, texture, write_png
 
@@ -97,6 +97,27 @@ def project(ctx: Kensa, dataset: Path) -> str:
 @pytest.fixture
 def trained(ctx: Kensa, project: str) -> dict[str, Any]:
     """The project after one in-process training (its model version row as a dict)."""
-    from services.project_training import train_project
+    from services.training.project import train_project
 
     return train_project(ctx, project, shots=SHOTS, seed=0, params=PARAMS)
+
+
+@pytest.fixture
+def home(ctx: Kensa, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The context's data directory, also in the environment (for code that builds its own)."""
+    monkeypatch.setenv("KENSA_HOME", str(ctx.home))
+    monkeypatch.setenv("DATABASE_URL", ctx.database_url)
+    monkeypatch.setenv("KENSA_DEMO", "0")
+    return ctx.home
+
+
+@pytest.fixture
+def make_project(ctx: Kensa, tmp_path: Path) -> Callable[..., Path]:
+    """``make_project(name, n_train=..., ...)``: a generated MVTec folder imported as a project."""
+
+    def make(name: str = "widgets", **sizes: int) -> Path:
+        root = make_mvtec(tmp_path / "data" / name, **sizes)
+        create_project(ctx, name, root)
+        return root
+
+    return make

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from services.batches import get_active_model, load_model, score_batch
 from services.context import Kensa
+from services.inference.batches import get_active_model, load_model, score_batch
 
 
 def main() -> None:

@@ -12,8 +12,8 @@ import numpy as np
 
 import db.repositories as repo
 from services.context import Kensa
-from services.project_training import train_project
-from services.projects import create_project
+from services.data.projects import create_project
+from services.training.project import train_project
 from tests.services.conftest import PARAMS, SHOTS
 from tests.synthetic import texture, write_png
 

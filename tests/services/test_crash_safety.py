@@ -23,11 +23,11 @@ from db.models import RunStatus
 from engine.data import load_image
 from engine.memory_bank import MemoryBank
 from engine.models.fewshot import FewShotPatchCore
-from services.batches import get_active_model, load_model, validation_batch_name
 from services.context import Kensa
-from services.history import start_bank_update_process
-from services.project_training import request_training, start_training_process, train_project
-from services.projects import create_project
+from services.data.projects import create_project
+from services.history.versions import start_bank_update_process
+from services.inference.batches import get_active_model, load_model, validation_batch_name
+from services.training.project import request_training, start_training_process, train_project
 from tests.services.conftest import PARAMS, SHOTS
 
 KILLS = 10

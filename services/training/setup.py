@@ -1,7 +1,7 @@
 """What the Training page needs around the training services: a recommendation with its
 reasons, the parameter choices with safe ranges, live runs and a readable run history.
 
-Training itself lives in ``services.project_training`` (queue a row, run it in a detached
+Training itself lives in ``services.training.project`` (queue a row, run it in a detached
 worker); this module only prepares and summarises, so the page stays a drawing of its result.
 """
 
@@ -16,13 +16,13 @@ from db.models import ACTIVE_STATUSES, utcnow
 from engine.backbones import DEFAULT_BACKBONE, REGISTRY
 from engine.models.fewshot import FewShotConfig
 from services.context import Kensa
-from services.project_training import (
+from services.data.projects import require_project
+from services.training.project import (
     cancel_training,
     list_model_versions,
     request_training,
     start_training_process,
 )
-from services.projects import require_project
 
 IMAGE_SIZE_RANGE = (128, 768)
 #: A queued run whose worker has not written anything after this long is reported as stuck.

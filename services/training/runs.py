@@ -12,8 +12,8 @@ from pathlib import Path
 
 from engine.artifacts import write_json_atomic
 from engine.models.fewshot import FewShotPatchCore
-from services.scoring import ThresholdInfo
-from services.training import TrainOutcome
+from services.inference.scoring import ThresholdInfo
+from services.training.fit import TrainOutcome
 
 RUN_FILE = "run.json"
 THRESHOLD_FILE = "threshold.json"

@@ -1,4 +1,4 @@
-"""services.evaluation on stored rows: labels by sha256, counts, worst errors, band, saving."""
+"""services.evaluation.report on stored rows: labels by sha256, counts, worst errors, saving."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 import db.repositories as repo
-from services.batches import validation_batch_name
 from services.context import Kensa
-from services.evaluation import (
+from services.evaluation.report import (
     NothingToEvaluate,
     at_threshold,
     evaluable_versions,
@@ -20,6 +19,7 @@ from services.evaluation import (
     threshold_history,
     worst_errors,
 )
+from services.inference.batches import validation_batch_name
 from tests.pages.conftest import fake_training
 
 # good_000..good_003 and spot_000..spot_003 (make_mvtec names); an overlap on purpose:

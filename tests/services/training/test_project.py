@@ -13,9 +13,11 @@ import db.repositories as repo
 from db.models import RunStatus
 from engine.data import sha256_file
 from engine.memory_bank import MemoryBank
-from services.batches import batch_predictions, validation_batch_name
 from services.context import Kensa
-from services.project_training import (
+from services.data.projects import project_status
+from services.inference.batches import batch_predictions, validation_batch_name
+from services.training.fit import TrainingCancelled
+from services.training.project import (
     cancel_training,
     get_model_version,
     list_model_versions,
@@ -23,8 +25,6 @@ from services.project_training import (
     run_training,
     start_training_process,
 )
-from services.projects import project_status
-from services.training import TrainingCancelled
 from tests.services.conftest import PARAMS, SHOTS
 
 

@@ -1,4 +1,4 @@
-"""services.projects: importing a dataset folder into a project and its status card."""
+"""services.data.projects: importing a dataset folder into a project and its status card."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import db.repositories as repo
 from engine.data import DatasetError, sha256_file
 from services.context import Kensa
-from services.projects import (
+from services.data.projects import (
     ProjectNotFound,
     create_project,
     get_project,

@@ -27,7 +27,9 @@ from engine import thresholds
 from engine.data import ImageLoadError, load_image, sha256_file
 from engine.memory_bank import IncrementalMemoryBank, MemoryBank
 from engine.models.fewshot import FewShotPatchCore
-from services.batches import (
+from services.context import Kensa
+from services.data.projects import active_model_version, require_project
+from services.inference.batches import (
     ActiveModel,
     active_model,
     get_active_model,
@@ -35,11 +37,9 @@ from services.batches import (
     threshold_params,
     validation_batch_name,
 )
-from services.context import Kensa
-from services.projects import active_model_version, require_project
-from services.scoring import ThresholdInfo, image_files
-from services.training import Validation, choose_threshold
-from services.worker import spawn
+from services.inference.scoring import ThresholdInfo, image_files
+from services.jobs.worker import spawn
+from services.training.fit import Validation, choose_threshold
 
 ProgressFn = Callable[[str, float], None]
 

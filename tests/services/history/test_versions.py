@@ -12,9 +12,9 @@ import pytest
 import db.repositories as repo
 from engine.data import load_image, sha256_file
 from engine.memory_bank import MemoryBank
-from services.batches import get_active_model, load_model
 from services.context import Kensa
-from services.history import history, rollback, set_threshold, update_bank
+from services.history.versions import history, rollback, set_threshold, update_bank
+from services.inference.batches import get_active_model, load_model
 
 
 def _score(ctx: Kensa, project: str, image: Path) -> float:

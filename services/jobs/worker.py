@@ -1,7 +1,7 @@
 """Background work in its own process, so a page never blocks and a reload loses nothing.
 
-    python -m services.worker train MODEL_VERSION_ID
-    python -m services.worker update-bank PROJECT PATH [PATH ...] [--note TEXT]
+    python -m services.jobs.worker train MODEL_VERSION_ID
+    python -m services.jobs.worker update-bank PROJECT PATH [PATH ...] [--note TEXT]
 
 ``KENSA_HOME`` and ``DATABASE_URL`` come from the environment (``Kensa.env()`` sets them).
 Exit status: 0 done, 3 cancelled, 1 failed (the model version row holds the error text).
@@ -17,13 +17,13 @@ import traceback
 from pathlib import Path
 
 from services.context import Kensa
-from services.training import TrainingCancelled
+from services.training.fit import TrainingCancelled
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def spawn(ctx: Kensa, argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``python -m services.worker ARGV`` detached; returns at once.
+    """Start ``python -m services.jobs.worker ARGV`` detached; returns at once.
 
     ``start_new_session`` keeps the worker alive when the Streamlit script reruns or the
     browser reloads (and lets a caller signal its whole process group); its output is
@@ -34,7 +34,7 @@ def spawn(ctx: Kensa, argv: list[str], log_path: Path) -> subprocess.Popen[bytes
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "services.worker", *argv], cwd=REPO_ROOT, env=env,
+            [sys.executable, "-m", "services.jobs.worker", *argv], cwd=REPO_ROOT, env=env,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -45,7 +45,7 @@ def _log(stage: str, fraction: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.worker")
+    parser = argparse.ArgumentParser(prog="python -m services.jobs.worker")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="run a queued training")
     train.add_argument("model_version_id", type=int)
@@ -58,12 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Kensa.create()
     try:
         if args.command == "train":
-            from services.project_training import run_training
+            from services.training.project import run_training
 
             result = run_training(ctx, args.model_version_id, progress=_log)
             print(f"model version {result['id']}: {result['status']}", flush=True)
         else:
-            from services.history import update_bank
+            from services.history.versions import update_bank
 
             bank = update_bank(ctx, args.project, args.paths, note=args.note, progress=_log)
             print(f"bank v{bank['version']} active ({bank['vector_count']} vectors)", flush=True)

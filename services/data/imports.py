@@ -29,7 +29,7 @@ from typing import BinaryIO
 
 from engine.data import IMAGE_SUFFIXES, DatasetError, discover
 from services.context import Kensa
-from services.projects import create_project, get_project, list_projects
+from services.data.projects import create_project, get_project, list_projects
 
 #: Names whose presence says "dataset root" (MVTec or flat layout, see engine.data).
 _LAYOUT_MARKERS = ("train", "test", "good", "defect")

@@ -28,11 +28,11 @@ from engine.artifacts import write_bytes_atomic
 from engine.data import ImageLoadError, load_image
 from engine.metrics import confusion_at, curves
 from engine.thresholds import ReviewBand
-from services.batches import validation_batch_name
 from services.context import Kensa
-from services.gallery import pad_square
-from services.history import set_threshold
-from services.projects import active_model_version, require_project
+from services.data.gallery import pad_square
+from services.data.projects import active_model_version, require_project
+from services.history.versions import set_threshold
+from services.inference.batches import validation_batch_name
 
 #: (key in model_versions.metrics, label, what it means) in the order the page lists them.
 METRICS = (

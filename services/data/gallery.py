@@ -22,7 +22,7 @@ from db.models import Image
 from engine.artifacts import write_bytes_atomic
 from engine.data import ImageLoadError, load_image, load_mask
 from services.context import Kensa
-from services.projects import require_project
+from services.data.projects import require_project
 
 THUMB_SIDE = 192
 PREVIEW_SIDE = 900

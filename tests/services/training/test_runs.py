@@ -12,7 +12,7 @@ import tifffile
 
 from engine.data import discover
 from services import cli
-from services.training import TrainingInputError, split_records, train_model
+from services.training.fit import TrainingInputError, split_records, train_model
 from tests.synthetic import make_mvtec, texture, write_png
 
 SMALL = {"image_size": 96}

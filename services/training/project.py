@@ -1,5 +1,5 @@
 """Training inside a project: a queued ``model_versions`` row, worked on by this process or a
-detached worker (``python -m services.worker train ID``).
+detached worker (``python -m services.jobs.worker train ID``).
 
 While it runs, the worker writes stage and progress in short transactions and reads the row's
 status to notice a Cancel pressed in another process. Everything a finished run adds (model
@@ -21,17 +21,17 @@ import db.repositories as repo
 from db.models import BankKind, ModelVersion, RunStatus
 from engine.models.fewshot import BANK_FILE, FewShotConfig
 from engine.regions import find_regions
-from services.batches import (
+from services.context import Kensa
+from services.data.projects import project_index, require_project
+from services.inference.batches import (
     VALIDATION_SOURCE,
     prediction_row,
     threshold_params,
     validation_batch_name,
 )
-from services.context import Kensa
-from services.projects import project_index, require_project
-from services.scoring import ImagePrediction, ThresholdInfo, save_heatmap
-from services.training import TrainingCancelled, TrainOutcome, train_model
-from services.worker import spawn
+from services.inference.scoring import ImagePrediction, ThresholdInfo, save_heatmap
+from services.jobs.worker import spawn
+from services.training.fit import TrainingCancelled, TrainOutcome, train_model
 
 #: The only detector whose fitted state can be stored and reloaded per bank version.
 ALGORITHM = "kensa_patchcore"

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import db.repositories as repo
-from services.batches import batch_predictions, list_batches, score_batch
 from services.context import Kensa
-from services.history import set_threshold
+from services.history.versions import set_threshold
+from services.inference.batches import batch_predictions, list_batches, score_batch
 from tests.synthetic import texture, write_png
 
 

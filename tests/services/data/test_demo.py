@@ -1,4 +1,4 @@
-"""services.demo: the demo project appears once on a fresh install, never twice, never later."""
+"""services.data.demo: the demo project appears once on a fresh install, never twice."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from services.context import Kensa
-from services.demo import DEMO_SOURCE, ensure_demo
-from services.projects import list_projects, project_status
+from services.data.demo import DEMO_SOURCE, ensure_demo
+from services.data.projects import list_projects, project_status
 
 
 def test_bundled_demo_is_small_and_complete() -> None:

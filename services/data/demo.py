@@ -21,11 +21,11 @@ from pathlib import Path
 from sqlalchemy.exc import IntegrityError
 
 from services.context import Kensa
-from services.imports import import_dir, import_folder
-from services.projects import create_project, list_projects
+from services.data.imports import import_dir, import_folder
+from services.data.projects import create_project, list_projects
 
 DEMO_NAME = "demo"
-DEMO_SOURCE = Path(__file__).resolve().parent.parent / "demo_data" / "magnetic_tile_demo"
+DEMO_SOURCE = Path(__file__).resolve().parents[2] / "demo_data" / "magnetic_tile_demo"
 DEMO_ENV = "KENSA_DEMO"
 MARKER = ".demo_done"
 ATTRIBUTION = (

@@ -1,6 +1,6 @@
 """Scoring into the database: batches of predictions made with the active bank and threshold.
 
-Two rules per threshold row (both :class:`services.scoring.ThresholdInfo`):
+Two rules per threshold row (both :class:`services.inference.scoring.ThresholdInfo`):
 
 * the **decision rule** is the active threshold: verdict, confidence and regions;
 * the **calibration** is the threshold the bank version was validated with: normalized scores
@@ -26,8 +26,8 @@ import db.repositories as repo
 from db.models import Project, Threshold
 from engine.models.fewshot import FewShotPatchCore
 from services.context import Kensa
-from services.projects import active_model_version, require_project
-from services.scoring import (
+from services.data.projects import active_model_version, require_project
+from services.inference.scoring import (
     ImagePrediction,
     ScoringProblem,
     ThresholdInfo,

@@ -1,4 +1,4 @@
-"""services.imports: what an untrusted zip or folder can and cannot do to the server."""
+"""services.data.imports: what an untrusted zip or folder can and cannot do to the server."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pytest
 
-from services.imports import (
+from services.data.imports import (
     ImportLimits,
     ImportRefused,
     find_dataset_root,
