@@ -21,6 +21,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # anomalib's per-step progress bar w
 import torch  # noqa: E402
 
 from engine.coreset import GreedyCoresetSampler, covering_radius  # noqa: E402
+from engine.device import configure_worker_process  # noqa: E402
 
 
 def log(message: str) -> None:
@@ -55,7 +56,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--projection-dim", type=int, default=128, help="0 = no projection")
     parser.add_argument("--skip-anomalib", action="store_true")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: as a worker, see engine.device)")
     args = parser.parse_args(argv)
+    configure_worker_process(args.threads)
 
     features = torch.randn(args.n, args.d, generator=torch.Generator().manual_seed(args.seed))
     log(
@@ -76,7 +80,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     result: dict[str, object] = {
         "n": args.n, "d": args.d, "ratio": args.ratio, "seed": args.seed,
         "projection_dim": args.projection_dim or None, "torch_threads": torch.get_num_threads(),
-        "kensa_loop_threads": sampler.num_threads,
         "kensa_s": round(kensa_s, 3), "kensa_radius": round(kensa_radius, 4),
         "anomalib_s": None, "anomalib_radius": None, "speedup": None, "radius_ratio": None,
     }  # fmt: skip

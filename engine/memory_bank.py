@@ -260,6 +260,12 @@ class MemoryBank:
                 f"memory bank {path} failed its integrity check: expected sha256 "
                 f"{expected_sha256}, actual {actual}"
             )
+        return cls.from_bytes(data, path).to(device)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, path: str | os.PathLike[str] = "<bytes>") -> MemoryBank:
+        """A bank from the bytes of a bank file already read (and verified) by the caller;
+        ``path`` only names it in errors."""
         try:
             tensors = safetensors.torch.load(data)
         except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -273,7 +279,7 @@ class MemoryBank:
             bank = cls(tensors["vectors"], tensors["provenance"])
         except (TypeError, ValueError) as exc:
             raise BankIntegrityError(f"memory bank {path} is malformed: {exc}") from exc
-        return bank.to(device)
+        return bank
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

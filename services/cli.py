@@ -15,6 +15,12 @@ Projects (database under ``KENSA_HOME``, or ``DATABASE_URL``; the schema is upgr
     python -m services.cli rollback NAME --to VERSION
     python -m services.cli threshold set NAME VALUE
     python -m services.cli update-bank NAME PATH [PATH ...] [--note TEXT]
+    python -m services.cli jobs list [NAME] [--active] | jobs cancel ID | jobs selftest
+    python -m services.cli worker [--workers N]
+
+Long commands (project create, train NAME, score NAME, update-bank) run as jobs: a row in
+``jobs`` with progress, heartbeat and Cancel (``jobs cancel ID`` from another terminal), run
+in this process with a progress bar, or queued for a worker with ``--background``.
 
 ``train`` and ``score`` choose their mode by whether ``--data`` / ``--run`` is given.
 ``--json`` may come before or after the command. Errors: one line on stderr, exit status 2.
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -124,16 +131,41 @@ def _fmt_time(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
 
 
-def cmd_project_create(args: argparse.Namespace) -> int:
-    from services.data.projects import create_project
+def _run_job(args: argparse.Namespace, kind: str, payload: dict[str, Any],
+             project_id: int | None = None, ctx: Any = None) -> dict[str, Any] | None:
+    """Run a job inline with a progress bar, or (``--background``) queue it and say so.
 
-    report = create_project(_ctx(), args.name, args.data)
-    for problem in report.problems:
+    Returns the job's full result, or None when it was only queued (the id is printed).
+    """
+    from services.jobs.api import submit, submit_inline
+
+    ctx = ctx or _ctx()
+    if getattr(args, "background", False):
+        job_id = submit(ctx, kind, payload, project_id=project_id)
+        _print({"job_id": job_id, "status": "queued"}, args.json,
+               f"job {job_id} queued; follow it with `jobs list`, stop it with "
+               f"`jobs cancel {job_id}`")
+        return None
+    update, close = _progress_bar(not args.quiet)
+    try:
+        _, result = submit_inline(ctx, kind, payload, project_id=project_id, echo=update)
+    finally:
+        close()
+    return result
+
+
+def cmd_project_create(args: argparse.Namespace) -> int:
+    data = str(Path(args.data).expanduser().resolve())
+    report = _run_job(args, "import", {"name": args.name.strip(), "index": data})
+    if report is None:
+        return 0
+    for problem in report["problems"]:
         print(f"warning: {problem['message']}", file=sys.stderr)
-    verb = "created" if report.created else "re-imported"
-    _print(report.as_dict(), args.json,
-           f"{verb} project {report.name!r} (id {report.project_id}) from {report.data_root}: "
-           f"{report.found} images, {report.added} new, {len(report.problems)} problem(s)")
+    verb = "created" if report["created"] else "re-imported"
+    _print(report, args.json,
+           f"{verb} project {report['name']!r} (id {report['project_id']}) from "
+           f"{report['data_root']}: {report['found']} images, {report['added']} new, "
+           f"{len(report['problems'])} problem(s)")
     return 0
 
 
@@ -165,11 +197,19 @@ def cmd_project_status(args: argparse.Namespace) -> int:
 
 
 def cmd_train_project(args: argparse.Namespace) -> int:
-    from services.training.project import train_project
+    from services.training.project import request_training, start_training_job, train_project
 
+    ctx = _ctx()
+    if args.background:
+        mv_id = request_training(ctx, args.name, args.shots, args.seed, args.params)
+        job_id = start_training_job(ctx, mv_id)
+        _print({"job_id": job_id, "model_version_id": mv_id, "status": "queued"}, args.json,
+               f"job {job_id} queued (model version {mv_id}); follow it with `jobs list "
+               f"{args.name}`, stop it with `jobs cancel {job_id}`")
+        return 0
     update, close = _progress_bar(not args.quiet)
     try:
-        mv = train_project(_ctx(), args.name, shots=args.shots, seed=args.seed,
+        mv = train_project(ctx, args.name, shots=args.shots, seed=args.seed,
                            params=args.params, progress=update)
     finally:
         close()
@@ -186,24 +226,24 @@ def cmd_train_project(args: argparse.Namespace) -> int:
 
 
 def cmd_score_project(args: argparse.Namespace) -> int:
-    from services.inference.batches import score_batch
+    from services.data.projects import get_project
 
-    with tqdm(file=sys.stderr, disable=args.quiet, unit="img") as bar:
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-        result = score_batch(_ctx(), args.name_or_path, args.path, args.batch,
-                             progress=progress)
-    for p in result.problems:
+    ctx = _ctx()
+    project_id = get_project(ctx, args.name_or_path)["id"]  # unknown project: refused now
+    payload = {"name": args.name_or_path, "path": str(Path(args.path).expanduser().resolve()),
+               "batch": args.batch}
+    result = _run_job(args, "score_batch", payload, project_id, ctx)
+    if result is None:
+        return 0
+    for p in result["problems"]:
         print(f"warning: skipped {p['path']}: {p['problem']}", file=sys.stderr)
     lines = [f"{r['verdict']:>6}  {r['raw_score']:.4f}  norm {r['normalized_score']:.2f}  "
-             f"conf {r['confidence']:.2f}  {r['image_path']}" for r in result.predictions]
-    lines.append(f"batch {result.name!r}: {len(result.predictions)} scored, {result.skipped} "
-                 f"already scored, {len(result.problems)} unreadable "
-                 f"(bank v{result.bank_version}, threshold {result.threshold:.4f})")
-    _print(result.as_dict(), args.json, "\n".join(lines))
-    return 1 if result.problems and not result.predictions and not result.skipped else 0
+             f"conf {r['confidence']:.2f}  {r['image_path']}" for r in result["predictions"]]
+    lines.append(f"batch {result['name']!r}: {len(result['predictions'])} scored, "
+                 f"{result['skipped']} already scored, {len(result['problems'])} unreadable "
+                 f"(bank v{result['bank_version']}, threshold {result['threshold']:.4f})")
+    _print(result, args.json, "\n".join(lines))
+    return 1 if result["problems"] and not result["predictions"] and not result["skipped"] else 0
 
 
 def _state(in_use: bool, active: bool) -> str:
@@ -260,13 +300,13 @@ def cmd_threshold_set(args: argparse.Namespace) -> int:
 
 
 def cmd_update_bank(args: argparse.Namespace) -> int:
-    from services.history.versions import update_bank
+    from services.history.versions import bank_update_payload
 
-    update, close = _progress_bar(not args.quiet)
-    try:
-        bank = update_bank(_ctx(), args.name, args.paths, note=args.note, progress=update)
-    finally:
-        close()
+    ctx = _ctx()
+    payload, project_id = bank_update_payload(ctx, args.name, args.paths, args.note)
+    bank = _run_job(args, "update_bank", payload, project_id, ctx)
+    if bank is None:
+        return 0
     for p in bank["problems"]:
         print(f"warning: skipped {p['path']}: {p['problem']}", file=sys.stderr)
     thr = bank["threshold"]
@@ -275,6 +315,56 @@ def cmd_update_bank(args: argparse.Namespace) -> int:
            f"{len(bank['source_images'])} new image(s)) is active; threshold "
            f"{thr['raw_value']:.4f} ({thr['method']})")
     return 0
+
+
+def _job_line(j: dict[str, Any]) -> str:
+    pct = f"{100 * j['progress']:3.0f}%"
+    what = j["error"] if j["status"] in ("failed", "cancelled") and j["error"] else j["stage"]
+    return (f"{j['id']:>5}  {j['kind']:<12} {j['status']:<9} {pct}  try {j['attempts']}/"
+            f"{j['max_attempts']}  {_fmt_time(j['created_at'])}  {j['worker'] or '-':<28} "
+            f"{what or ''}")
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    from services.jobs.api import list_jobs
+
+    jobs = list_jobs(_ctx(), args.name, active=args.active, limit=args.limit)
+    _print(jobs, args.json, "\n".join(_job_line(j) for j in jobs) or "no jobs")
+    return 0
+
+
+def cmd_jobs_cancel(args: argparse.Namespace) -> int:
+    from services.jobs.api import cancel
+
+    state = cancel(_ctx(), args.id)
+    if state is None:
+        raise ValueError(f"job {args.id} had already ended")
+    text = ("cancelled" if state == "cancelled"
+            else "asked to stop; it stops at its next progress report")
+    _print({"id": args.id, "status": state}, args.json, f"job {args.id} {text}")
+    return 0
+
+
+def cmd_jobs_selftest(args: argparse.Namespace) -> int:
+    from services.jobs.api import submit, wait
+
+    ctx = _ctx()
+    job = wait(ctx, submit(ctx, "selftest", {"seconds": args.seconds}), timeout_s=args.timeout)
+    if job["status"] != "done":
+        raise RuntimeError(f"self-test job {job['id']} {job['status']}: {job['error']}")
+    marker = ctx.resolve(job["result"]["marker"])
+    if not marker.is_file():
+        raise RuntimeError(f"job {job['id']} ran on {job['worker']}, but its file {marker} is "
+                           "not visible here: that worker uses another KENSA_HOME")
+    _print(job, args.json, f"job {job['id']} done by {job['worker']} "
+           f"(database and KENSA_HOME shared)")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from services.jobs.worker import main as worker_main
+
+    return worker_main(["--workers", str(args.workers), "--idle-exit", str(args.idle_exit)])
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -310,6 +400,9 @@ def _param(text: str) -> tuple[str, Any]:
         return key, value
 
 
+BACKGROUND_HELP = "queue it for a worker and return at once (default: run it here)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m services.cli",
                                      description="Kensa few-shot defect inspection")
@@ -330,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     create = add("create", psub, help="import a dataset folder (again: adds new images only)")
     create.add_argument("name")
     create.add_argument("--data", required=True, help="dataset folder (MVTec or flat layout)")
+    create.add_argument("--background", action="store_true", help=BACKGROUND_HELP)
     create.set_defaults(func=cmd_project_create)
     add("list", psub, help="list projects").set_defaults(func=cmd_project_list)
     status = add("status", psub, help="images, active model, bank, threshold, last batch")
@@ -344,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="which shots (and coreset seed)")
     train.add_argument("--set", dest="param_items", action="append", type=_param, default=[],
                        metavar="KEY=VALUE", help="model parameter, e.g. --set image_size=256")
+    train.add_argument("--background", action="store_true",
+                       help=BACKGROUND_HELP + " (project mode)")
     train.set_defaults(func=cmd_train)
 
     score = add("score", help="score an image or folder into a batch (or with --run)")
@@ -351,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("path", nargs="?", metavar="PATH", help="image file or folder")
     score.add_argument("--batch", help="batch name (created if new; rescoring skips known)")
     score.add_argument("--run", help="file mode: run folder written by train --out")
+    score.add_argument("--background", action="store_true",
+                       help=BACKGROUND_HELP + " (project mode)")
     score.set_defaults(func=cmd_score)
 
     hist = add("history", help="bank versions, thresholds and batches of a project")
@@ -375,12 +473,36 @@ def build_parser() -> argparse.ArgumentParser:
     upd.add_argument("name")
     upd.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     upd.add_argument("--note")
+    upd.add_argument("--background", action="store_true", help=BACKGROUND_HELP)
     upd.set_defaults(func=cmd_update_bank)
+
+    jobs = sub.add_parser("jobs", help="long work (train, import, score, bank update) as jobs")
+    jsub = jobs.add_subparsers(dest="action", required=True)
+    jlist = add("list", jsub, help="jobs newest first, with stage, progress and errors")
+    jlist.add_argument("name", nargs="?", help="only this project's jobs")
+    jlist.add_argument("--active", action="store_true", help="only queued or running jobs")
+    jlist.add_argument("--limit", type=int, default=50)
+    jlist.set_defaults(func=cmd_jobs_list)
+    jcancel = add("cancel", jsub, help="cancel a queued job, or stop a running one")
+    jcancel.add_argument("id", type=int)
+    jcancel.set_defaults(func=cmd_jobs_cancel)
+    jself = add("selftest", jsub, help="check that a worker takes jobs and shares KENSA_HOME")
+    jself.add_argument("--seconds", type=float, default=0.5, help="how long the job works")
+    jself.add_argument("--timeout", type=float, default=120.0, help="how long to wait")
+    jself.set_defaults(func=cmd_jobs_selftest)
+
+    work = add("worker", help="run a job worker here (same as python -m services.jobs.worker)")
+    work.add_argument("--workers", type=int, default=1, help="jobs at once in this process")
+    work.add_argument("--idle-exit", type=float, default=0.0, metavar="SECONDS",
+                      help="exit after this long without work (0: never)")
+    work.set_defaults(func=cmd_worker)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A failed job's traceback is for worker logs; here the error is one line (below).
+    logging.getLogger("kensa.jobs").addHandler(logging.NullHandler())
     args.params = dict(getattr(args, "param_items", []) or [])
     try:
         return args.func(args)
@@ -394,4 +516,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from engine.device import configure_worker_process
+
+    configure_worker_process()  # a CLI process trains and scores like a worker (engine.device)
     raise SystemExit(main())

@@ -9,8 +9,9 @@ resolved here, so a data directory can be moved or mounted elsewhere without rew
 Layout::
 
     $KENSA_HOME/kensa.db                                   default SQLite database
-    $KENSA_HOME/projects/<project>/models/<model>/model.json, bank.safetensors   (bank v1)
-    $KENSA_HOME/projects/<project>/models/<model>/banks/<uuid>.safetensors      (bank v2, v3...)
+    $KENSA_HOME/projects/<project>/models/<model>/model.json, bank.safetensors   (state v1)
+    $KENSA_HOME/projects/<project>/models/<model>/states/<uuid>/...             (state v2, v3...)
+    $KENSA_HOME/projects/<project>/models/<model>/banks/<uuid>.safetensors      (bank v2+ < 0004)
     $KENSA_HOME/projects/<project>/models/<model>/validation/<sha256>.png       (heatmaps)
     $KENSA_HOME/projects/<project>/models/<model>/worker.log
     $KENSA_HOME/projects/<project>/heatmaps/<batch>/<sha256>.png
@@ -92,6 +93,11 @@ class Kensa:
         """
         name = f"{uuid.uuid4().hex}.safetensors"
         return self.model_dir(project_id, model_version_id) / "banks" / name
+
+    def new_state_dir(self, project_id: int, model_version_id: int) -> Path:
+        """A fresh, never-reused folder for the files of state v2+ (same reasoning as
+        :meth:`new_bank_file`: the folder exists before the row that points at it)."""
+        return self.model_dir(project_id, model_version_id) / "states" / uuid.uuid4().hex
 
     def validation_heatmap(self, project_id: int, model_version_id: int, sha256: str) -> Path:
         return self.model_dir(project_id, model_version_id) / "validation" / f"{sha256}.png"

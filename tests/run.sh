@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The test command: installs what the suite needs (Python packages, Debian's Chromium and
-# PostgreSQL), starts PostgreSQL on localhost, then runs pytest. Idempotent; extra arguments go
-# to pytest (e.g. `bash tests/run.sh tests/engine -x`).
+# The test command: installs what the suite needs (Python packages, Debian's Chromium,
+# PostgreSQL and Redis), starts PostgreSQL and Redis on localhost, then runs pytest.
+# Idempotent; extra arguments go to pytest (e.g. `bash tests/run.sh tests/engine -x`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -15,4 +15,7 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 KENSA_TEST_POSTGRES_URL="$(bash .ci/postgres.sh)"
 export KENSA_TEST_POSTGRES_URL KENSA_REQUIRE_POSTGRES=1
+# Redis for the job-queue tests (two workers sharing one queue); a missing one fails them.
+KENSA_TEST_REDIS_URL="$(bash .ci/redis.sh)"
+export KENSA_TEST_REDIS_URL KENSA_REQUIRE_REDIS=1
 exec python3 -m pytest -q "$@"

@@ -1,25 +1,30 @@
-"""Detectors behind one interface (:mod:`engine.models.base`) and a factory by name."""
+"""Detectors behind one contract (:mod:`engine.models.base`), reached by name through
+:mod:`engine.models.registry`."""
 
 from __future__ import annotations
 
-from typing import Any
+from engine.models.base import (
+    AnomalyModel,
+    Capability,
+    FitReport,
+    ImageSource,
+    ModelStateError,
+    ProgressFn,
+    ProvenanceRecord,
+    ScoreResult,
+    StateIntegrityError,
+    verify_files,
+)
 
-from engine.models.base import AnomalyModel, FitReport, ScoreResult
-
-ALGORITHMS = ("kensa_patchcore", "anomalib_patchcore")
-
-__all__ = ["ALGORITHMS", "AnomalyModel", "FitReport", "ScoreResult", "build_model"]
-
-
-def build_model(algorithm: str = "kensa_patchcore", device: str | None = None,
-                **params: Any) -> AnomalyModel:
-    """A fresh, unfitted model; ``params`` are the algorithm's own settings."""
-    if algorithm == "kensa_patchcore":
-        from engine.models.fewshot import FewShotConfig, FewShotPatchCore
-
-        return FewShotPatchCore(FewShotConfig(**params), device=device)
-    if algorithm == "anomalib_patchcore":
-        from engine.models.anomalib_patchcore import AnomalibPatchCore
-
-        return AnomalibPatchCore(device=device, **params)
-    raise ValueError(f"unknown algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
+__all__ = [
+    "AnomalyModel",
+    "Capability",
+    "FitReport",
+    "ImageSource",
+    "ModelStateError",
+    "ProgressFn",
+    "ProvenanceRecord",
+    "ScoreResult",
+    "StateIntegrityError",
+    "verify_files",
+]

@@ -12,11 +12,12 @@ Differences from stock PatchCore, each kept because it measurably helps with few
 
 from __future__ import annotations
 
-import json
+import copy
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -27,13 +28,26 @@ from engine.backbones import DEFAULT_BACKBONE
 from engine.coreset import GreedyCoresetSampler
 from engine.device import pick_device
 from engine.features import Normalization, PatchFeatureExtractor
-from engine.memory_bank import MemoryBank
+from engine.memory_bank import BankIntegrityError, IncrementalMemoryBank, MemoryBank
 from engine.models.augment_views import ViewMode, grid_coordinates, iter_views, views_for
-from engine.models.base import FitReport, ProgressFn, ScoreResult
+from engine.models.base import (
+    MODEL_FILE,
+    Capability,
+    FitReport,
+    ImageSource,
+    ModelStateError,
+    ProgressFn,
+    ProvenanceRecord,
+    ScoreResult,
+    read_model_json,
+    read_verified,
+    require,
+)
 from engine.models.preprocess import GRID_STRIDE, resize_map, to_tensor
 
-MODEL_FILE = "model.json"
 BANK_FILE = "bank.safetensors"
+#: model.json layout: 2 = provenance records per (image, view); 1 (no key) = "images" by index.
+STATE_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -58,30 +72,53 @@ class FewShotConfig:
         if not 1 <= self.n_neighbors <= 16:
             raise ValueError(f"n_neighbors must be in [1, 16], got {self.n_neighbors}")
 
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> FewShotConfig:
+        """Config from user/JSON parameters; an unknown name is a one-line ValueError."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ValueError(f"unknown training parameter(s) {', '.join(unknown)} for "
+                             f"kensa_patchcore; known: {', '.join(known)}")
+        return cls(**params)
 
-@dataclass
-class TrainingImage:
-    """Where the bank's patches came from: enough to crop a nearest normal patch later."""
 
-    name: str
-    height: int
-    width: int
-    grid_height: int
-    grid_width: int
+def view_name(view: tuple[int, bool]) -> str:
+    """``rot0``, ``rot90``, ..., ``rot270+flip``: how a provenance record names its view."""
+    turns, flip = view
+    return f"rot{90 * turns}" + ("+flip" if flip else "")
 
 
 @dataclass
 class FewShotState:
     config: FewShotConfig
-    images: list[TrainingImage] = field(default_factory=list)
+    records: list[ProvenanceRecord] = field(default_factory=list)
+    n_shots: int = 0
     n_patches: int = 0
     intensity: tuple[float, float] = (0.45, 0.22)
+
+
+class BankUpdate(NamedTuple):
+    """An incremental update: the grown model (a new object) and the records it issued.
+
+    ``records`` holds one record per (new image, view), also those that added no vector, so
+    their ids are spent; ``added`` / ``skipped`` count vectors as in ``UpdateResult``.
+    """
+
+    model: FewShotPatchCore
+    records: list[ProvenanceRecord]
+    added: int
+    skipped: int
+    recoreset: bool
+    threshold: float
 
 
 class FewShotPatchCore:
     """``fit(good images)`` builds the bank; ``score(images)`` gives scores and anomaly maps."""
 
     name = "kensa_patchcore"
+    capabilities = frozenset({Capability.MEMORY_BANK, Capability.INCREMENTAL_UPDATE,
+                              Capability.NEAREST_PATCHES})
 
     def __init__(self, config: FewShotConfig | None = None, device: str | None = None) -> None:
         self.config = config or FewShotConfig()
@@ -91,6 +128,30 @@ class FewShotPatchCore:
         ).to(self.device)
         self.bank: MemoryBank | None = None
         self.state = FewShotState(self.config)
+
+    @staticmethod
+    def validate_params(params: Mapping[str, Any]) -> None:
+        """Refuse bad parameters (unknown names, unsafe ranges) before any work starts."""
+        FewShotConfig.from_params(params)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], device: str | None = None
+                    ) -> FewShotPatchCore:
+        """The registry's constructor: plain parameters, checked by the config."""
+        return cls(FewShotConfig.from_params(params), device=device)
+
+    @property
+    def records(self) -> list[ProvenanceRecord]:
+        """Every provenance record of this state (fit and updates), ids ascending."""
+        return self.state.records
+
+    @property
+    def vector_count(self) -> int:
+        return 0 if self.bank is None else len(self.bank)
+
+    @property
+    def dim(self) -> int:
+        return 0 if self.bank is None else self.bank.dim
 
     # -- features -------------------------------------------------------------------------
     def _features(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -116,33 +177,32 @@ class FewShotPatchCore:
         self,
         images: Sequence[np.ndarray],
         progress: ProgressFn | None = None,
-        names: Sequence[str] | None = None,
+        sources: Sequence[ImageSource] | None = None,
+        first_id: int = 0,
     ) -> FitReport:
+        """Build the bank from good shots; records get ids ``first_id, first_id + 1, ...``."""
         if len(images) == 0:
             raise ValueError("fit needs at least one good image")
         started = time.perf_counter()
-        names = list(names) if names is not None else [f"image_{i}" for i in range(len(images))]
+        sources = _sources(images, sources)
         tensors = [to_tensor(image, self.config.image_size) for image in images]
-        self.state = FewShotState(self.config, intensity=(
+        self.state = FewShotState(self.config, n_shots=len(images), intensity=(
             float(np.mean([t.mean() for t in tensors])),
             float(np.mean([t.std() for t in tensors]))))
         views = views_for(self.config.views, len(images))
-        all_vectors, all_provenance = self.embed(tensors, views, progress=progress)
-        records = [
-            TrainingImage(name, image.shape[0], image.shape[1],
-                          t.shape[-2] // GRID_STRIDE, t.shape[-1] // GRID_STRIDE)
-            for name, image, t in zip(names, images, tensors, strict=True)
-        ]
+        all_vectors, all_provenance = self.embed(tensors, views, first_id, progress=progress)
         bank = MemoryBank(all_vectors, all_provenance)
         if len(bank) > self.config.max_bank:
             if progress:
                 progress("selecting coreset", 0.85)
             sampler = GreedyCoresetSampler(size=self.config.max_bank, seed=self.config.seed)
-            bank = bank.subsample(sampler.run(bank.vectors))
+            step = (None if progress is None  # inside the loop: a Cancel stops it (jobs)
+                    else lambda f: progress("selecting coreset", 0.85 + 0.15 * f))
+            bank = bank.subsample(sampler.run(bank.vectors, progress=step))
         if progress:
             progress("done", 1.0)
         self.bank = bank
-        self.state.images = records
+        self.state.records = _records(images, tensors, sources, views, first_id)
         self.state.n_patches = int(all_vectors.shape[0])
         return FitReport(len(images), int(all_vectors.shape[0]), len(bank),
                          time.perf_counter() - started)
@@ -156,14 +216,15 @@ class FewShotPatchCore:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Patch vectors of every view of every image, provenance in original coordinates.
 
-        Shared by ``fit`` and bank updates, so new good images enter the bank exactly as the
-        first shots did; image ids start at ``first_id`` so provenance never collides.
+        Shared by ``fit`` and ``update``, so new good images enter the bank exactly as the
+        first shots did. View v of image i gets record id ``first_id + i * len(views) + v``,
+        the numbering :func:`_records` uses.
         """
         vectors: list[torch.Tensor] = []
         provenance: list[torch.Tensor] = []
         for offset, tensor in enumerate(tensors):
             gh, gw = tensor.shape[-2] // GRID_STRIDE, tensor.shape[-1] // GRID_STRIDE
-            for viewed, view in iter_views(tensor, views):
+            for v, (viewed, view) in enumerate(iter_views(tensor, views)):
                 feats = self._features(viewed)[0]  # [D,h',w']
                 vectors.append(feats.flatten(1).T.contiguous())
                 coords = grid_coordinates(gh, gw, view)
@@ -171,18 +232,51 @@ class FewShotPatchCore:
                     raise RuntimeError(
                         f"feature grid {tuple(feats.shape[1:])} does not match {gh}x{gw}"
                     )
-                ids = torch.full((coords.shape[0], 1), first_id + offset, dtype=torch.int64)
+                record_id = first_id + offset * len(views) + v
+                ids = torch.full((coords.shape[0], 1), record_id, dtype=torch.int64)
                 provenance.append(torch.cat([ids, coords], dim=1))
             if progress:
                 progress("extracting features", 0.8 * (offset + 1) / len(tensors))
         return torch.cat(vectors), torch.cat(provenance)
 
-    def embed_images(self, images: Sequence[np.ndarray], first_id: int = 0
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """New good images -> (vectors, provenance) with the views the bank was built with."""
-        views = views_for(self.config.views, max(1, len(self.state.images)))
+    # -- incremental update -----------------------------------------------------------------
+    def update(
+        self,
+        images: Sequence[np.ndarray],
+        sources: Sequence[ImageSource] | None = None,
+        first_id: int | None = None,
+    ) -> BankUpdate:
+        """New good images into a NEW model whose bank keeps the most novel of their patches.
+
+        ``first_id`` must be above every id ever issued for this model's bank (the database
+        allocates it; default: one past this state's records). This model is left unchanged,
+        so a cached copy keeps scoring with the old bank.
+        """
+        if self.bank is None:
+            raise RuntimeError("the model has no memory bank yet: call fit() or load() first")
+        if len(images) == 0:
+            raise ValueError("update needs at least one good image")
+        sources = _sources(images, sources)
+        if first_id is None:
+            first_id = max((r.id for r in self.records), default=-1) + 1
+        used = {r.id for r in self.records}
+        views = views_for(self.config.views, max(1, self.state.n_shots))
         tensors = [to_tensor(image, self.config.image_size) for image in images]
-        return self.embed(tensors, views, first_id)
+        records = _records(images, tensors, sources, views, first_id)
+        clash = used.intersection(r.id for r in records)
+        if clash:
+            raise ValueError(f"provenance ids {sorted(clash)[:5]} are already used by this bank; "
+                             "first_id must be above every id ever issued")
+        vectors, provenance = self.embed(tensors, views, first_id)
+        grower = IncrementalMemoryBank(self.bank, max_size=self.config.max_bank,
+                                       seed=self.config.seed)
+        result = grower.update(vectors, provenance)
+        grown = copy.copy(self)  # shares the extractor; bank and state are replaced, not mutated
+        grown.bank = result.bank
+        grown.state = FewShotState(self.config, [*self.records, *records], self.state.n_shots,
+                                   self.state.n_patches, self.state.intensity)
+        return BankUpdate(grown, records, result.added, result.skipped, result.recoreset,
+                          result.threshold)
 
     # -- score ----------------------------------------------------------------------------
     def patch_distances(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, tuple]:
@@ -214,7 +308,7 @@ class FewShotPatchCore:
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, directory: Path) -> dict[str, str]:
-        """Bank as safetensors and the config as JSON, each written atomically."""
+        """Bank as safetensors and the description as JSON, each written atomically."""
         if self.bank is None:
             raise RuntimeError("nothing to save: the model has not been fitted")
         directory = Path(directory)
@@ -223,8 +317,10 @@ class FewShotPatchCore:
                                   metadata={"backbone": self.config.backbone})
         payload = {
             "model": self.name,
+            "format_version": STATE_FORMAT_VERSION,
             "config": asdict(self.config),
-            "images": [asdict(r) for r in self.state.images],
+            "records": [r.as_dict() for r in self.records],
+            "n_shots": self.state.n_shots,
             "n_patches": self.state.n_patches,
             "intensity": list(self.state.intensity),
             "bank_file": BANK_FILE,
@@ -233,23 +329,76 @@ class FewShotPatchCore:
         return {BANK_FILE: bank_sha, MODEL_FILE: write_json_atomic(directory / MODEL_FILE, payload)}
 
     @classmethod
-    def load(cls, directory: Path, device: str | None = None,
-             bank_file: Path | None = None, bank_sha256: str | None = None) -> FewShotPatchCore:
-        """Rebuild a fitted model; ``bank_file`` lets a caller load another bank version."""
+    def load(cls, directory: Path, files: Mapping[str, str] | None = None,
+             device: str | None = None) -> FewShotPatchCore:
+        """Rebuild a fitted model from ``directory``; every file named in ``files`` is verified.
+
+        The bank is the file ``model.json`` names; when ``files`` lists another single
+        ``.safetensors`` file instead, that one (bank versions saved before state folders kept
+        one ``model.json`` beside several bank files).
+        """
         directory = Path(directory)
+        payload = read_model_json(directory, files, cls.name)
         try:
-            payload = json.loads((directory / MODEL_FILE).read_text())
-        except (OSError, ValueError) as exc:
-            raise ValueError(
-                f"cannot read model description {directory / MODEL_FILE}: {exc}"
-            ) from exc
-        model = cls(FewShotConfig(**payload["config"]), device=device)
-        model.state = FewShotState(model.config,
-                                   [TrainingImage(**r) for r in payload["images"]],
-                                   int(payload["n_patches"]),
-                                   tuple(payload.get("intensity", (0.45, 0.22))))
-        path = Path(bank_file) if bank_file else directory / payload["bank_file"]
-        expected = bank_sha256 if bank_file else (bank_sha256 or payload["bank_sha256"])
-        model.bank = MemoryBank.load(path, expected_sha256=expected, device=model.device)
+            config = FewShotConfig.from_params(require(payload, "config", directory))
+            model = cls(config, device=device)
+            records, n_shots = _stored_records(payload, directory)
+            model.state = FewShotState(model.config, records, n_shots,
+                                       int(require(payload, "n_patches", directory)),
+                                       tuple(payload.get("intensity", (0.45, 0.22))))
+        except ModelStateError:
+            raise
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ModelStateError(f"model description {directory / MODEL_FILE}: "
+                                  f"{type(exc).__name__}: {exc}") from None
+        bank_name = str(require(payload, "bank_file", directory))
+        expected = payload.get("bank_sha256")
+        if files is not None:
+            banks = [n for n in files if n.endswith(".safetensors")]
+            if bank_name not in files and len(banks) == 1:
+                bank_name = banks[0]
+            if bank_name not in files:
+                raise ModelStateError(f"the state's file list {sorted(files)} names no bank "
+                                      f"(model.json names {bank_name!r})")
+            expected = files[bank_name]
+        data = read_verified(directory, bank_name, {bank_name: expected} if expected else None)
+        try:
+            model.bank = MemoryBank.from_bytes(data, directory / bank_name).to(model.device)
+        except BankIntegrityError as exc:
+            raise ModelStateError(str(exc)) from None
         return model
 
+
+def _sources(images: Sequence[np.ndarray], sources: Sequence[ImageSource] | None
+             ) -> list[ImageSource]:
+    if sources is None:
+        return [ImageSource(f"image_{i}", "") for i in range(len(images))]
+    if len(sources) != len(images):
+        raise ValueError(f"{len(sources)} sources given for {len(images)} images")
+    return list(sources)
+
+
+def _records(images: Sequence[np.ndarray], tensors: Sequence[torch.Tensor],
+             sources: Sequence[ImageSource], views: list[tuple[int, bool]], first_id: int
+             ) -> list[ProvenanceRecord]:
+    """One record per (image, view), numbered exactly as :meth:`FewShotPatchCore.embed` does."""
+    out = []
+    for i, (image, tensor, source) in enumerate(zip(images, tensors, sources, strict=True)):
+        gh, gw = tensor.shape[-2] // GRID_STRIDE, tensor.shape[-1] // GRID_STRIDE
+        for v, view in enumerate(views):
+            out.append(ProvenanceRecord(first_id + i * len(views) + v, str(source.path),
+                                        str(source.sha256), view_name(view),
+                                        int(image.shape[0]), int(image.shape[1]), gh, gw))
+    return out
+
+
+def _stored_records(payload: dict[str, Any], directory: Path
+                    ) -> tuple[list[ProvenanceRecord], int]:
+    """Records and shot count of a model.json, old layout (one id per image) included."""
+    if "records" in payload:
+        records = [ProvenanceRecord(**r) for r in payload["records"]]
+        return records, int(payload.get("n_shots", len({r.path for r in records})))
+    images = require(payload, "images", directory)  # format 1: id = index, every view
+    return [ProvenanceRecord(i, r["name"], "", "all", r["height"], r["width"],
+                             r["grid_height"], r["grid_width"])
+            for i, r in enumerate(images)], len(images)

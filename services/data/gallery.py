@@ -21,6 +21,7 @@ import db.repositories as repo
 from db.models import Image
 from engine.artifacts import write_bytes_atomic
 from engine.data import ImageLoadError, load_image, load_mask
+from engine.imaging import shrink_to_fit
 from services.context import Kensa
 from services.data.projects import require_project
 
@@ -50,14 +51,6 @@ def _key(path: Path, mask: Path | None, overlay: bool, side: int, square: bool) 
                      str(square)))
     return hashlib.sha256(text.encode()).hexdigest()
 
-
-def _fit(image: np.ndarray, side: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    scale = side / max(h, w)
-    if scale >= 1:
-        return image
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def pad_square(image: np.ndarray, side: int) -> np.ndarray:
@@ -95,7 +88,7 @@ def render(path: Path, mask_path: Path | None, overlay: bool, side: int,
             mask = None
         if mask is not None:
             image = overlay_mask(image, mask)
-    small = _fit(image, side)
+    small = shrink_to_fit(image, side)
     if square:
         small = pad_square(small, side)
     ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR),
@@ -146,6 +139,9 @@ PROBLEM_WORDS = {
     "mask_unreadable": "mask cannot be opened",
     "duplicate": "duplicate of another image",
     "unsupported": "ignored (not an image, or in an unexpected folder)",
+    "degenerate": "too small or a flat colour to train on",
+    "mask_not_binary": "mask is not black/white (read by the > 127 rule)",
+    "not_imported": "not imported (refused while copying)",
 }
 
 

@@ -22,13 +22,21 @@ import shutil
 import stat
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from engine.data import IMAGE_SUFFIXES, DatasetError, discover
+from engine.data import (
+    IMAGE_SUFFIXES,
+    DatasetError,
+    ImageLoadError,
+    discover,
+    sha256_file,
+    verify_image,
+)
 from services.context import Kensa
+from services.data.names import NameRefused, clean_name
 from services.data.projects import create_project, get_project, list_projects
 
 #: Names whose presence says "dataset root" (MVTec or flat layout, see engine.data).
@@ -36,6 +44,8 @@ _LAYOUT_MARKERS = ("train", "test", "good", "defect")
 #: Operating-system clutter: skipped and listed, never imported.
 _SYSTEM_NAMES = ("__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini")
 _CHUNK = 1 << 20
+#: ``progress(stage, fraction)``: called per file, so a job can show it and stop between files.
+ProgressFn = Callable[[str, float], None]
 
 # Magic numbers of the formats engine.data decodes: a renamed .exe is not an image.
 _MAGIC = (
@@ -49,19 +59,46 @@ _MAGIC = (
 )
 
 
+#: Environment variable for the per-import quota of uncompressed bytes, in GB (default 4).
+IMPORT_QUOTA_ENV = "KENSA_IMPORT_MAX_GB"
+#: Longest file or folder name most file systems accept (ext4, NTFS, APFS), in bytes.
+_MAX_NAME_BYTES = 255
+#: Longest relative path accepted inside an import; real data sets stay far below.
+_MAX_PATH_BYTES = 1024
+#: Slack for metadata (EXIF, ICC profiles, thumbnails) when comparing a file with its pixels.
+_METADATA_SLACK = 4 * 1024**2
+
+
 class ImportRefused(ValueError):
     """The whole source is refused (too big, not a zip, not a folder); the message says why."""
+
+
+def _quota_bytes() -> int:
+    """``KENSA_IMPORT_MAX_GB`` in bytes, default 4 GB; a bad value is refused, not ignored."""
+    raw = os.environ.get(IMPORT_QUOTA_ENV, "").strip()
+    if not raw:
+        return 4 * 1024**3
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{IMPORT_QUOTA_ENV}={raw!r} is not a positive number of gigabytes")
+    return int(value * 1024**3)
 
 
 @dataclass(frozen=True)
 class ImportLimits:
     """Bomb guards. Defaults fit camera datasets: thousands of images, tens of MB each at most.
 
-    ``max_ratio`` bounds one entry's uncompressed/compressed size: JPEG/PNG barely compress
-    (ratio ~1), BMP/TIFF reach 5-20; a ratio of 100 is a bomb, not a photo.
+    ``max_total_bytes`` is the per-import quota of uncompressed bytes (a zip is refused whole
+    when it announces more); its default comes from ``KENSA_IMPORT_MAX_GB`` when the limits are
+    made. ``max_ratio`` bounds one entry's uncompressed/compressed size: JPEG/PNG barely
+    compress (ratio ~1), BMP/TIFF reach 5-20; a ratio of 100 is a bomb, not a photo. Pixels are
+    bounded separately, per image, by ``KENSA_MAX_MEGAPIXELS`` (engine.image_limits).
     """
 
-    max_total_bytes: int = 4 * 1024**3
+    max_total_bytes: int = field(default_factory=_quota_bytes)
     max_file_bytes: int = 512 * 1024**2
     max_entries: int = 50_000
     max_ratio: float = 100.0
@@ -125,6 +162,14 @@ def safe_relative(name: str) -> PurePosixPath | str:
         return "path leaves the import folder ('..')"
     if not parts:
         return "empty name"
+    # Over-long names fail deep inside the file system with an OSError; refuse them up front.
+    longest = max(len(p.encode("utf-8", "surrogateescape")) for p in parts)
+    if longest > _MAX_NAME_BYTES:
+        return (f"a file or folder name in this path is {longest} bytes long; file systems "
+                f"accept at most {_MAX_NAME_BYTES}: rename it")
+    total = len("/".join(parts).encode("utf-8", "surrogateescape"))
+    if total > _MAX_PATH_BYTES:
+        return f"the path is {total} bytes long; the limit is {_MAX_PATH_BYTES}: shorten it"
     return PurePosixPath(*parts)
 
 
@@ -143,43 +188,117 @@ def _not_image_reason(rel: PurePosixPath) -> str:
 # --------------------------------------------------------------------------- writing
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+def _existing_ancestor(folder: Path) -> Path:
+    """The nearest folder at or above ``folder`` that exists (where a temp file can go)."""
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _make_dirs(folder: Path) -> list[Path]:
+    """Create ``folder`` and missing parents; return the ones created, outermost first."""
+    missing: list[Path] = []
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    missing.reverse()
+    made: list[Path] = []
+    try:
+        for d in missing:
+            d.mkdir()
+            made.append(d)
+    except BaseException:
+        _remove_empty(made)
+        raise
+    return made
+
+
+def _remove_empty(made: list[Path]) -> None:
+    """Remove folders this import created, innermost first, as long as they are empty."""
+    for d in reversed(made):
+        try:
+            d.rmdir()
+        except OSError:
+            break
 
 
 def _place(tmp: Path, target: Path, digest: str, rel: str, report: ImportReport) -> None:
-    """Move a fully written temp file into place, unless the name is taken by other bytes."""
-    if target.is_symlink():
-        tmp.unlink()
-        report.rejected.append(Rejected(rel, "a link already has this name in the import folder"))
-    elif target.exists():
-        tmp.unlink()
-        if target.is_file() and _sha256(target) == digest:
-            report.unchanged.append(rel)
-        else:
+    """Move a fully written temp file into place, unless the name is taken by other bytes.
+
+    Folders are created only here, once the file is known to be a good image, and removed
+    again if the move fails, so a refused or failed entry leaves neither a temp file nor an
+    empty folder behind; an ``OSError`` becomes a rejection instead of aborting the import.
+    """
+    made: list[Path] = []
+    try:
+        if target.is_symlink():
+            tmp.unlink()
             report.rejected.append(
-                Rejected(rel, "a different file with this name was imported before; rename it")
+                Rejected(rel, "a link already has this name in the import folder")
             )
-    else:
-        os.replace(tmp, target)
-        report.imported.append(rel)
+        elif target.exists():
+            tmp.unlink()
+            if target.is_file() and sha256_file(target) == digest:
+                report.unchanged.append(rel)
+            else:
+                report.rejected.append(
+                    Rejected(rel, "a different file with this name was imported before; rename it")
+                )
+        else:
+            made = _make_dirs(target.parent)
+            os.replace(tmp, target)
+            report.imported.append(rel)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        _remove_empty(made)
+        report.rejected.append(Rejected(rel, f"cannot be written ({exc.strerror or exc})"))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        _remove_empty(made)
+        raise
+
+
+def _verify_reason(tmp: Path, size: int) -> str | None:
+    """Why the copied file must not be kept (does not decode, hides extra data), else None.
+
+    A file that merely starts with a PNG signature is not an image: the whole file is decoded
+    (after the header's pixel limit, see engine.image_limits). A PNG, JPEG or BMP far bigger
+    than its pixels (4x their raw size plus 4 MB for metadata) carries something else after
+    the image, such as a 481 MB blob behind a valid header. TIFF is exempt: a multi-page TIFF
+    is legitimately bigger than the first page, the only one Kensa reads.
+    """
+    try:
+        header, pixel_bytes = verify_image(tmp)
+    except ImageLoadError as exc:
+        return exc.reason
+    if header.format != "TIFF" and size > 4 * pixel_bytes + _METADATA_SLACK:
+        return (
+            f"the file is {size / 1024**2:.1f} MB but its {header.width}x{header.height} pixels "
+            f"take only {pixel_bytes / 1024**2:.1f} MB: the rest is not image data"
+        )
+    return None
 
 
 def _copy_stream(src: BinaryIO, target: Path, limit: int) -> tuple[Path, str, int] | str:
-    """Copy at most ``limit`` bytes into a temp file beside ``target``.
+    """Copy at most ``limit`` bytes into a temp file and check that it is a usable image.
 
-    Returns (temp path, sha256, size), or a reason when the data is not an image or is
-    bigger than announced (a zip header can lie about sizes; the stream cannot).
+    Returns (temp path, sha256, size), or a reason when the data is not an image, is bigger
+    than announced (a zip header can lie about sizes; the stream cannot), or does not decode
+    (:func:`_verify_reason`). The temp file goes into the nearest existing folder above
+    ``target`` (same file system, so :func:`_place` can rename it) and is removed on every
+    failure; no folder is created here.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd, tmp_name = tempfile.mkstemp(prefix=".import-", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=".import-", dir=_existing_ancestor(target.parent))
     tmp = Path(tmp_name)
     written = 0
     try:
         with os.fdopen(fd, "wb") as out:
             head = src.read(16)
+            if not head:
+                tmp.unlink()
+                return "file is empty (0 bytes)"
             if not _looks_like_image(head):
                 tmp.unlink()
                 return "content is not a PNG, JPEG, BMP or TIFF image"
@@ -192,6 +311,10 @@ def _copy_stream(src: BinaryIO, target: Path, limit: int) -> tuple[Path, str, in
                 digest.update(chunk)
                 out.write(chunk)
                 chunk = src.read(_CHUNK)
+        reason = _verify_reason(tmp, written)
+        if reason is not None:
+            tmp.unlink()
+            return reason
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -237,6 +360,7 @@ def import_zip(
     source: str | os.PathLike[str] | BinaryIO,
     destination: Path,
     limits: ImportLimits = ImportLimits(),
+    progress: ProgressFn | None = None,
 ) -> ImportReport:
     """Extract the safe image entries of a zip into ``destination``; list the rest.
 
@@ -271,7 +395,9 @@ def import_zip(
                 accepted.append((info, verdict))
         prefix = layout_prefix(rel for _, rel in accepted)
         budget = limits.max_total_bytes
-        for info, rel in accepted:
+        for done, (info, rel) in enumerate(accepted):
+            if progress:
+                progress("unpacking the zip", done / len(accepted))
             inner = _under(rel, prefix)
             if inner is None:
                 report.rejected.append(
@@ -327,6 +453,7 @@ def import_folder(
     source: str | os.PathLike[str],
     destination: Path,
     limits: ImportLimits = ImportLimits(),
+    progress: ProgressFn | None = None,
 ) -> ImportReport:
     """Copy the image files of a server folder into ``destination``, with the zip's checks."""
     if not str(source).strip():
@@ -361,7 +488,9 @@ def import_folder(
             f"{limits.max_total_bytes / 1024**3:.2f} GB"
         )
     prefix = layout_prefix(rel for _, rel in accepted)
-    for path, rel in accepted:
+    for done, (path, rel) in enumerate(accepted):
+        if progress:
+            progress("copying images", done / len(accepted))
         inner = _under(rel, prefix)
         if inner is None:
             report.rejected.append(Rejected(str(rel), f"outside the data set folder '{prefix}/'"))
@@ -437,13 +566,6 @@ def find_dataset_root(folder: Path) -> Path | None:
     return Path(folder)
 
 
-def remove_import(home: Path, project: str) -> None:
-    """Delete a project's imported files (used when creating the project failed)."""
-    target = import_dir(home, project)
-    if target.is_dir() and _inside(target, Path(home) / "imports"):
-        shutil.rmtree(target)
-
-
 # --------------------------------------------------------------------------- into a project
 
 
@@ -456,6 +578,16 @@ class DataImport:
     found: int = 0
     added: int = 0
     problems: list[dict[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (an import job's result; what the Datasets page shows)."""
+        return {
+            "project": self.project, "found": self.found, "added": self.added,
+            "problems": self.problems,
+            "dataset_root": str(self.files.dataset_root) if self.files.dataset_root else None,
+            "imported": len(self.files.imported), "unchanged": len(self.files.unchanged),
+            "rejected": [{"name": r.name, "reason": r.reason} for r in self.files.rejected],
+        }
 
 
 def _fresh_dir(home: Path, name: str) -> Path:
@@ -476,6 +608,7 @@ def import_data(
     folder: str | os.PathLike[str] | None = None,
     create: bool = False,
     limits: ImportLimits = ImportLimits(),
+    progress: ProgressFn | None = None,
 ) -> DataImport:
     """Import a zip or a server folder into project ``name`` (new when ``create``).
 
@@ -483,10 +616,14 @@ def import_data(
     in its own import folder and is re-scanned, so only new images are added. A project that
     reads a folder outside ``imports/`` (made with the CLI) is re-scanned only: Kensa does
     not write into folders it does not own.
+
+    ``progress(stage, fraction)`` is called per file (copying: 0-0.6, indexing: 0.6-1); when
+    it raises (a job's Cancel), a new project's half-copied folder is removed again.
     """
-    name = name.strip()
-    if not name:
-        raise ImportRefused("give the project a name")
+    try:
+        name = clean_name(name)
+    except NameRefused as exc:
+        raise ImportRefused(str(exc)) from None
     if (zip_file is None) == (folder is None):
         raise ImportRefused("choose either a zip file or a folder")
     existing = {p["name"]: p for p in list_projects(ctx)}
@@ -503,19 +640,89 @@ def import_data(
                 f"project {name!r} reads its images from {destination}, which Kensa does not "
                 "manage; copy new images there and press Re-scan"
             )
-    files = (import_zip(zip_file, destination, limits) if zip_file is not None
-             else import_folder(folder, destination, limits))
+    report_fn = progress or (lambda stage, fraction: None)
+
+    def copying(stage: str, fraction: float) -> None:
+        report_fn(stage, 0.6 * fraction)
+
+    def indexing(stage: str, fraction: float) -> None:
+        report_fn(stage, 0.6 + 0.4 * fraction)
+
+    try:
+        files = (import_zip(zip_file, destination, limits, copying) if zip_file is not None
+                 else import_folder(folder, destination, limits, copying))
+    except BaseException:
+        if create and destination.exists():
+            shutil.rmtree(destination)
+        raise
     if files.dataset_root is None:
         if create and destination.exists():
             shutil.rmtree(destination)
         raise ImportRefused("no images could be imported; see the list of refused files")
     try:
-        report = create_project(ctx, name, files.dataset_root)
-    except Exception:
+        report = create_project(ctx, name, files.dataset_root, progress=indexing,
+                                refused=[(r.name, r.reason) for r in files.rejected])
+    except BaseException:
         if create and destination.exists():
             shutil.rmtree(destination)
         raise
     return DataImport(name, files, report.found, report.added, report.problems)
+
+
+def save_upload(ctx: Kensa, data: BinaryIO) -> Path:
+    """Keep an uploaded file under ``$KENSA_HOME/uploads/`` for the import job to read.
+
+    The job may run in another process or on another machine sharing ``KENSA_HOME``, so an
+    upload held in the page's memory must become a file first (written to a temp name and
+    renamed: a worker never sees half of it). The job deletes it when it is done.
+    """
+    folder = ctx.home / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(data, out, _CHUNK)
+        target = folder / (Path(tmp).stem + ".zip")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def start_import_job(
+    ctx: Kensa,
+    name: str,
+    *,
+    zip_file: BinaryIO | None = None,
+    folder: str | os.PathLike[str] | None = None,
+    create: bool = False,
+) -> int:
+    """:func:`import_data` as a job (pages): the copy and the hashing never block a page.
+
+    What can be refused at once is refused here (no name, both or neither source, a name
+    taken or unknown); everything else is the job's to report. Returns the job id.
+    """
+    from services.jobs.api import submit
+
+    try:
+        name = clean_name(name)
+    except NameRefused as exc:
+        raise ImportRefused(str(exc)) from None
+    if (zip_file is None) == (folder is None or not str(folder).strip()):
+        raise ImportRefused("choose either a zip file or a folder")
+    existing = {p["name"]: p for p in list_projects(ctx)}
+    if create and name in existing:
+        raise ImportRefused(f"a project named {name!r} already exists; choose another name")
+    if not create and name not in existing:
+        raise ImportRefused(f"there is no project named {name!r}")
+    payload: dict[str, object] = {"name": name, "create": create}
+    if zip_file is not None:
+        payload["zip"] = ctx.stored(save_upload(ctx, zip_file))
+    else:
+        payload["folder"] = str(Path(str(folder)).expanduser())
+    project_id = existing[name]["id"] if name in existing else None
+    return submit(ctx, "import", payload, project_id=project_id)
 
 
 def rescan(ctx: Kensa, name: str) -> DataImport:

@@ -8,11 +8,13 @@ problems for the Datasets page.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image as PILImage
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import db.repositories as repo
@@ -27,6 +29,7 @@ from engine.data import (
     sha256_file,
 )
 from services.context import Kensa
+from services.data.names import clean_name, lookup_name
 
 #: The flat layout has no split; the database keeps train/val/test only. Goods become
 #: training candidates, defects test images (training never uses defects).
@@ -38,7 +41,7 @@ class ProjectNotFound(LookupError):
 
 
 @dataclass
-class ImportReport:
+class IndexReport:
     """What ``create_project`` did: how many images were new, which files had problems."""
 
     project_id: int
@@ -54,7 +57,7 @@ class ImportReport:
 
 
 def require_project(session: Session, name: str) -> Project:
-    project = repo.get_project_by_name(session, name)
+    project = repo.get_project_by_name(session, lookup_name(name))
     if project is None:
         raise ProjectNotFound(
             f"no project named {name!r}; create it with `project create {name} --data DIR`"
@@ -87,30 +90,49 @@ def _image_row(record: ImageRecord) -> dict[str, Any]:
     }
 
 
-def create_project(ctx: Kensa, name: str, data_dir: str | Path) -> ImportReport:
+def create_project(ctx: Kensa, name: str, data_dir: str | Path,
+                   progress: Callable[[str, float], None] | None = None,
+                   refused: Iterable[tuple[str, str]] = ()) -> IndexReport:
     """Create ``name`` from a dataset folder, or re-import its folder (only new images added).
+
+    ``refused`` names files an import did not copy, with the reason, to list among the problems.
 
     Discovery and hashing happen before the transaction, so the database is locked only for
     the inserts. A project that exists with another folder is refused rather than mixed.
     """
-    name = name.strip()
-    if not name:
-        raise ValueError("a project needs a name")
+    name = clean_name(name)
     root = Path(data_dir).expanduser().resolve()
     index = discover(root)  # raises DatasetError (a ValueError) naming the folder
     rows, problems = [], [
         {"path": str(p.path), "kind": p.kind, "message": p.message} for p in index.problems
     ]
-    for record in index.records:
+    # Files an import refused never reached the folder; listing them with the folder's own
+    # problems keeps them on the Datasets page until the next re-scan of the folder.
+    problems += [{"path": path, "kind": "not_imported", "message": f"{path}: {reason}"}
+                 for path, reason in refused]
+    for done, record in enumerate(index.records):
+        if progress:  # hashing is the slow part of a large import; a job's Cancel stops here
+            progress("reading and hashing images", done / max(1, len(index.records)))
         try:
             rows.append(_image_row(record))
         except (OSError, ImageLoadError) as exc:  # file vanished or changed since discovery
             problems.append({"path": str(record.path), "kind": "unreadable", "message": str(exc)})
+    try:
+        return _index_into_project(ctx, name, root, index.layout, rows, problems)
+    except IntegrityError:
+        # Someone created the same name a moment ago (two browsers, two hosts): now it exists,
+        # so this becomes a re-import into it, or the plain "already imports" refusal.
+        return _index_into_project(ctx, name, root, index.layout, rows, problems)
+
+
+def _index_into_project(ctx: Kensa, name: str, root: Path, layout: str,
+                        rows: list[dict[str, Any]], problems: list[dict[str, str]]
+                        ) -> IndexReport:
     with ctx.session() as s:
         project = repo.get_project_by_name(s, name)
         created = project is None
         if project is None:
-            project = repo.create_project(s, name, str(root), {"layout": index.layout})
+            project = repo.create_project(s, name, str(root), {"layout": layout})
         elif Path(project.data_root) != root:
             raise ValueError(
                 f"project {name!r} already imports {project.data_root}, not {root}; "
@@ -118,7 +140,7 @@ def create_project(ctx: Kensa, name: str, data_dir: str | Path) -> ImportReport:
             )
         added = repo.add_images(s, project.id, rows)
         repo.add_problems(s, project.id, problems, replace=True)
-        return ImportReport(project.id, name, str(root), created, len(rows), added, problems)
+        return IndexReport(project.id, name, str(root), created, len(rows), added, problems)
 
 
 def list_projects(ctx: Kensa) -> list[dict[str, Any]]:
@@ -174,7 +196,7 @@ def project_status(ctx: Kensa, name: str) -> dict[str, Any]:
                 per_defect[defect or "unspecified"] += n
         totals = repo.project_counts(s, project.id)
         mv = active_model_version(s, project.id)
-        bank = repo.get_active_bank_version(s, mv.id) if mv else None
+        bank = repo.get_active_state_version(s, mv.id) if mv else None
         threshold = repo.get_active_threshold(s, bank.id) if bank else None
         running = [
             m for m in repo.list_model_versions(s, project.id)
@@ -212,7 +234,8 @@ def project_status(ctx: Kensa, name: str) -> dict[str, Any]:
             "batches": totals["batches"],
             "predictions": totals["predictions"],
             "last_batch": None if last is None else {
-                "id": last.batch_id, "name": last.name, "started_at": last.started_at,
-                "predictions": last.predictions, "defect": last.defect, "good": last.good,
+                "id": last.batch_id, "name": last.name, "source": last.source,
+                "started_at": last.started_at, "predictions": last.predictions,
+                "defect": last.defect, "good": last.good,
             },
         }

@@ -26,6 +26,7 @@ import db.repositories as repo
 from db.models import RunStatus
 from engine.artifacts import write_bytes_atomic
 from engine.data import ImageLoadError, load_image
+from engine.imaging import shrink_to_fit
 from engine.metrics import confusion_at, curves
 from engine.thresholds import ReviewBand
 from services.context import Kensa
@@ -254,7 +255,7 @@ def threshold_history(ctx: Kensa, name: str, model_version_id: int) -> list[dict
         if mv is None or mv.project_id != project.id:
             return []
         rows = []
-        for bank in repo.list_bank_versions(s, mv.id):
+        for bank in repo.list_state_versions(s, mv.id):
             for t in repo.list_thresholds(s, bank.id):
                 rows.append({
                     "id": t.id,
@@ -276,10 +277,8 @@ HEAT_ALPHA = 0.45
 
 def _overlay(image_path: str, heatmap_path: str, side: int) -> bytes:
     image = load_image(image_path)
-    h, w = image.shape[:2]
-    scale = min(1.0, side / max(h, w))
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if scale < 1 else image
+    small = shrink_to_fit(image, side)
+    size = (small.shape[1], small.shape[0])
     heat = cv2.imread(heatmap_path, cv2.IMREAD_GRAYSCALE)
     if heat is None:
         raise ImageLoadError(f"{heatmap_path}: cannot read the heatmap")

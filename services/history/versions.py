@@ -5,30 +5,42 @@
   re-validated threshold;
 * ``rollback`` appends a ``rollback`` version that reuses an earlier version's file.
 
-Crash safety (SIGKILL at any point): files are written atomically first, under names no row
-uses yet; the rows follow in ONE transaction. A kill leaves at worst an orphaned file, never a
-row pointing at a missing or partial one, and never a bank version without its threshold.
-Bank files are immutable once a row points at them, which is why a rollback can point at the
-restored version's own file instead of copying it (its sha256 is verified first).
+Versions are state versions of any model (``state_versions``); "bank" is the word for the
+memory-bank models that have them. The model is reached through the registry and asked for
+``Capability.INCREMENTAL_UPDATE`` before an update: a model without it is refused in words.
+
+Crash safety (SIGKILL at any point): files are written atomically first, into a fresh folder
+no row uses yet; the rows (state version, its provenance records, its threshold) follow in ONE
+transaction. A kill leaves at worst an orphaned folder, never a row pointing at a missing or
+partial file, and never a version without its threshold. State files are immutable once a row
+points at them, which is why a rollback can point at the restored version's own files instead
+of copying them (every sha256 of its manifest is verified first).
 """
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import db.repositories as repo
-from db.models import BankKind
+from db.models import StateKind
 from engine import thresholds
 from engine.data import ImageLoadError, load_image, sha256_file
-from engine.memory_bank import IncrementalMemoryBank, MemoryBank
-from engine.models.fewshot import FewShotPatchCore
+from engine.models import (
+    AnomalyModel,
+    Capability,
+    ImageSource,
+    ModelStateError,
+    ProgressFn,
+    registry,
+    verify_files,
+)
 from services.context import Kensa
 from services.data.projects import active_model_version, require_project
+from services.history.provenance import state_columns, store_records
 from services.inference.batches import (
     ActiveModel,
     active_model,
@@ -38,11 +50,7 @@ from services.inference.batches import (
     validation_batch_name,
 )
 from services.inference.scoring import ThresholdInfo, image_files
-from services.jobs.worker import spawn
 from services.training.fit import Validation, choose_threshold
-
-ProgressFn = Callable[[str, float], None]
-
 
 # --------------------------------------------------------------------------- thresholds
 
@@ -96,7 +104,7 @@ def _validation_set(ctx: Kensa, name: str, active: ActiveModel) -> list[tuple[st
                 for p in repo.list_predictions(s, batch.id) if p.image_sha256 in labels]
 
 
-def _revalidate(model: FewShotPatchCore, items: list[tuple[str, str, int]],
+def _revalidate(model: AnomalyModel, items: list[tuple[str, str, int]],
                 exclude: set[str], progress: ProgressFn) -> Validation | None:
     """Re-score the validation images that still exist unchanged (same sha256)."""
     paths, labels, scores = [], [], []
@@ -152,7 +160,11 @@ def update_bank(ctx: Kensa, name: str, image_paths: Sequence[str | Path], note: 
     if not files:
         raise ValueError("no image files given to add to the bank")
     active = get_active_model(ctx, name)
-    images, shas, problems = [], [], []
+    spec = registry.spec(active.state_format)
+    if Capability.INCREMENTAL_UPDATE not in spec.capabilities:
+        raise ValueError(f"the model of {name!r} ({spec.title}) cannot learn new good images "
+                         "after training; train a new model version that includes them")
+    images, sources, problems = [], [], []
     for path in files:
         try:
             digest, image = sha256_file(path), load_image(path)
@@ -160,31 +172,34 @@ def update_bank(ctx: Kensa, name: str, image_paths: Sequence[str | Path], note: 
             problems.append({"path": str(path), "problem": str(exc)})
             continue
         images.append(image)
-        shas.append(digest)
+        sources.append(ImageSource(str(Path(path).resolve()), digest))
     if not images:
         raise ValueError("none of the images could be read: "
                          + "; ".join(p["problem"] for p in problems))
+    shas = [src.sha256 for src in sources]
     report("loading model", 0.05)
     model = load_model(active).model
+    with ctx.session(readonly=True) as s:  # ids never reused, even those of rolled-back updates
+        first_id = repo.next_provenance_id(s, active.model_version_id)
     report("extracting features", 0.1)
-    model.bank = new_bank = _grow_bank(model, images)
-    validation = _revalidate(model, _validation_set(ctx, name, active), set(shas), report)
+    grown = _grow(model, images, sources, first_id)
+    validation = _revalidate(grown.model, _validation_set(ctx, name, active), set(shas), report)
     chosen = _new_threshold(validation, active)
     normal = tuple(float(v) for v in chosen["normal"])
     calibration = ThresholdInfo(chosen["calibration"], "calibration", normal)
     report("saving bank", 0.95)
-    bank_file = ctx.new_bank_file(active.project_id, active.model_version_id)
-    bank_sha = new_bank.save(bank_file, metadata={"backbone": model.config.backbone,
-                                                  "kind": BankKind.INCREMENTAL.value})
-    with ctx.session() as s:  # both rows or neither: a bank version never lacks its threshold
-        bank = repo.add_bank_version(
-            s, active.model_version_id, kind=BankKind.INCREMENTAL.value,
-            vector_count=len(new_bank), dim=new_bank.dim, file_path=ctx.stored(bank_file),
-            sha256=bank_sha, source_images=shas,
+    state_dir = ctx.new_state_dir(active.project_id, active.model_version_id)
+    files_written = grown.model.save(state_dir)
+    with ctx.session() as s:  # all rows or none: a version never lacks threshold or records
+        bank = repo.add_state_version(
+            s, active.model_version_id, kind=StateKind.INCREMENTAL.value,
+            state_format=active.state_format, directory=ctx.stored(state_dir),
+            files=files_written, **state_columns(grown.model), source_images=shas,
             note=note or f"added {len(images)} good image(s)",
         )
         if bank.parent_id != active.bank_version_id:
             raise RuntimeError("the active bank changed while this update ran; run it again")
+        store_records(s, active.model_version_id, bank.id, grown.records)
         threshold = repo.add_threshold(
             s, bank.id, method=chosen["method"], raw_value=chosen["value"],
             normalized_value=float(calibration.normalized(chosen["value"])),
@@ -198,32 +213,42 @@ def update_bank(ctx: Kensa, name: str, image_paths: Sequence[str | Path], note: 
     return out
 
 
-def start_bank_update_process(ctx: Kensa, name: str, image_paths: Sequence[str | Path],
-                              note: str | None = None) -> subprocess.Popen[bytes]:
-    """:func:`update_bank` in a detached worker, so a page does not block on it.
+def bank_update_payload(ctx: Kensa, name: str, image_paths: Sequence[str | Path],
+                        note: str | None = None) -> tuple[dict[str, Any], int]:
+    """The ``update_bank`` job's payload and project id; refuses a project without a model now.
 
-    Output goes to ``bank-update.log`` in the active model's folder; the result shows up in
-    :func:`history` when the worker commits.
+    Paths are made absolute: the job may run in another process (or on another machine
+    sharing ``KENSA_HOME``) with another working directory.
     """
     active = get_active_model(ctx, name)
-    argv = ["update-bank", name, *(str(Path(p).resolve()) for p in image_paths)]
-    log = ctx.model_dir(active.project_id, active.model_version_id) / "bank-update.log"
-    return spawn(ctx, [*argv, *(["--note", note] if note else [])], log)
+    paths = [str(Path(p).expanduser().resolve()) for p in image_paths]
+    if not paths:
+        raise ValueError("no image files given to add to the bank")
+    return {"name": name, "paths": paths, "note": note}, active.project_id
 
 
-def _grow_bank(model: FewShotPatchCore, images: Sequence[np.ndarray]) -> MemoryBank:
-    """``IncrementalMemoryBank.update`` with the model's limits; refuses a no-op update."""
-    bank = model.bank
-    first_id = int(bank.provenance[:, 0].max()) + 1 if len(bank) else 0
-    vectors, provenance = model.embed_images(images, first_id)
-    grower = IncrementalMemoryBank(bank, max_size=model.config.max_bank, seed=model.config.seed)
-    result = grower.update(vectors, provenance)
+def start_bank_update_job(ctx: Kensa, name: str, image_paths: Sequence[str | Path],
+                          note: str | None = None) -> int:
+    """:func:`update_bank` as a queued job, so a page does not block on it; returns the job id.
+
+    The new version shows up in :func:`history` when the job commits.
+    """
+    from services.jobs.api import submit
+
+    payload, project_id = bank_update_payload(ctx, name, image_paths, note)
+    return submit(ctx, "update_bank", payload, project_id=project_id)
+
+
+def _grow(model: AnomalyModel, images: Sequence[np.ndarray], sources: list[ImageSource],
+          first_id: int) -> Any:
+    """The model's own incremental update (a new model object); refuses a no-op update."""
+    result = model.update(images, sources, first_id)  # type: ignore[attr-defined]
     if result.added == 0:
         raise ValueError(
             f"the {len(images)} new image(s) add no patch the bank does not already cover "
             f"(novelty distance {result.threshold:.4f}); the active bank stays as it is"
         )
-    return result.bank
+    return result
 
 
 # --------------------------------------------------------------------------- rollback
@@ -242,7 +267,7 @@ def rollback(ctx: Kensa, name: str, to_version: int, note: str | None = None,
         mv = active_model_version(s, project.id)
         if mv is None:
             raise LookupError(f"project {name!r} has no trained model yet")
-        banks = repo.list_bank_versions(s, mv.id)
+        banks = repo.list_state_versions(s, mv.id)
     target = next((b for b in banks if b.version == to_version), None)
     if target is None:
         known = ", ".join(f"v{b.version}" for b in banks)
@@ -250,15 +275,16 @@ def rollback(ctx: Kensa, name: str, to_version: int, note: str | None = None,
                           f"(it has {known})")
     if target.is_active:
         raise ValueError(f"bank v{to_version} is already the active version")
-    path = ctx.resolve(target.file_path)
-    if path is None or not path.is_file():
-        raise ValueError(f"cannot roll back to v{to_version}: bank file {path} is missing")
-    if sha256_file(path) != target.sha256:
-        raise ValueError(f"cannot roll back to v{to_version}: bank file {path} does not match "
-                         "its recorded sha256 (changed or corrupt)")
+    directory = ctx.resolve(target.directory) or ctx.resolve(mv.artifact_dir)
+    if directory is None or not target.files:
+        raise ValueError(f"cannot roll back to v{to_version}: it records no files")
+    try:
+        verify_files(directory, target.files)
+    except ModelStateError as exc:
+        raise ValueError(f"cannot roll back to v{to_version}: {exc}") from None
     with ctx.session() as s:
-        bank = repo.rollback_bank_version(s, mv.id, target.id, note=note,
-                                          created_by=created_by or "rollback")
+        bank = repo.rollback_state_version(s, mv.id, target.id, note=note,
+                                           created_by=created_by or "rollback")
         threshold = repo.get_active_threshold(s, bank.id)
         out = _bank_dict(bank, {target.id: target.version}, ctx)
         out["threshold"] = (None if threshold is None
@@ -270,12 +296,19 @@ def rollback(ctx: Kensa, name: str, to_version: int, note: str | None = None,
 
 
 def _bank_dict(bank: Any, version_of: dict[int | None, int], ctx: Kensa) -> dict[str, Any]:
+    """A state version for pages and the CLI; ``file`` / ``sha256`` name its bank file (the
+    manifest's ``.safetensors`` entry; None for a state without one)."""
+    directory = ctx.resolve(bank.directory)
+    bank_name = next((n for n in bank.files if n.endswith(".safetensors")), None)
     return {
         "id": bank.id, "model_version_id": bank.model_version_id, "version": bank.version,
         "kind": bank.kind, "parent": version_of.get(bank.parent_id),
-        "vector_count": bank.vector_count, "dim": bank.dim,
-        "source_images": list(bank.source_images), "sha256": bank.sha256,
-        "file": str(ctx.resolve(bank.file_path)) if bank.file_path else None,
+        "state_format": bank.state_format, "vector_count": bank.vector_count, "dim": bank.dim,
+        "source_images": list(bank.source_images),
+        "directory": None if directory is None else str(directory),
+        "files": dict(bank.files),
+        "sha256": None if bank_name is None else bank.files[bank_name],
+        "file": None if bank_name is None or directory is None else str(directory / bank_name),
         "active": bank.is_active, "note": bank.note, "created_at": bank.created_at,
     }
 
@@ -292,7 +325,7 @@ def history(ctx: Kensa, name: str) -> dict[str, Any]:
         mv = active_model_version(s, project.id)
         banks, thresholds_out = [], []
         for m in reversed(repo.list_model_versions(s, project.id)):
-            rows = repo.list_bank_versions(s, m.id)
+            rows = repo.list_state_versions(s, m.id)
             version_of: dict[int | None, int] = {b.id: b.version for b in rows}
             for b in rows:
                 banks.append(_bank_dict(b, version_of, ctx))

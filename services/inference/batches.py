@@ -9,11 +9,15 @@ Two rules per threshold row (both :class:`services.inference.scoring.ThresholdIn
   threshold's own ``normalized_value`` says where it sits on that scale (0.5 = validated).
 
 Models are never cached here: pages wrap :func:`load_model` in ``st.cache_resource`` keyed by
-the bank sha256 and pass the result back in as ``model=``.
+the state's digest (``ActiveModel.state_digest``) and pass the result back in as ``model=``.
+Models are reached through :mod:`engine.models.registry` by the state's format, so any
+registered detector scores the same way.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +28,7 @@ from sqlalchemy.orm import Session
 
 import db.repositories as repo
 from db.models import Project, Threshold
-from engine.models.fewshot import FewShotPatchCore
+from engine.models import AnomalyModel, registry
 from services.context import Kensa
 from services.data.projects import active_model_version, require_project
 from services.inference.scoring import (
@@ -69,28 +73,44 @@ def rules_of(threshold: Threshold) -> tuple[ThresholdInfo, ThresholdInfo]:
     )
 
 
+def state_digest(state_format: str, files: dict[str, str]) -> str:
+    """One sha256 for a whole state (format + manifest): a cache key that changes with any
+    file of the state."""
+    blob = json.dumps({"format": state_format, "files": files}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
 @dataclass(frozen=True)
 class ActiveModel:
-    """What scoring a project uses right now (rows only; the model is loaded separately)."""
+    """What scoring a project uses right now (rows only; the model is loaded separately).
+
+    ``bank_version`` / ``bank_version_id`` name the active STATE version (a memory bank for
+    bank models); the names stay because pages and the CLI speak of bank versions.
+    """
 
     project_id: int
     model_version_id: int
     model_dir: Path
     bank_version_id: int
     bank_version: int
-    bank_file: Path
-    bank_sha256: str
+    state_format: str
+    state_dir: Path
+    files: dict[str, str]
     threshold_id: int
     rule: ThresholdInfo
     calibration: ThresholdInfo
 
+    @property
+    def state_digest(self) -> str:
+        return state_digest(self.state_format, self.files)
+
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model with the sha256 of the bank it holds, so a cached one cannot score stale."""
+    """A model with the digest of the state it holds, so a cached one cannot score stale."""
 
-    model: FewShotPatchCore
-    bank_sha256: str
+    model: AnomalyModel
+    state_digest: str
 
 
 def active_model(ctx: Kensa, session: Session, project: Project) -> ActiveModel:
@@ -100,14 +120,16 @@ def active_model(ctx: Kensa, session: Session, project: Project) -> ActiveModel:
         raise LookupError(
             f"project {project.name!r} has no trained model yet; run `train {project.name}`"
         )
-    bank = repo.get_active_bank_version(session, mv.id)
-    threshold = repo.get_active_threshold(session, bank.id) if bank else None
-    if bank is None or bank.file_path is None or bank.sha256 is None or threshold is None:
-        raise LookupError(f"model version {mv.id} of {project.name!r} has no active bank")
+    state = repo.get_active_state_version(session, mv.id)
+    threshold = repo.get_active_threshold(session, state.id) if state else None
+    if state is None or not state.files or threshold is None:
+        raise LookupError(f"model version {mv.id} of {project.name!r} has no active state")
     rule, calibration = rules_of(threshold)
+    model_dir = ctx.resolve(mv.artifact_dir)
     return ActiveModel(
-        project.id, mv.id, ctx.resolve(mv.artifact_dir), bank.id, bank.version,
-        ctx.resolve(bank.file_path), bank.sha256, threshold.id, rule, calibration,
+        project.id, mv.id, model_dir, state.id, state.version, state.state_format,
+        ctx.resolve(state.directory) or model_dir, dict(state.files), threshold.id, rule,
+        calibration,
     )  # fmt: skip
 
 
@@ -117,12 +139,11 @@ def get_active_model(ctx: Kensa, name: str) -> ActiveModel:
 
 
 def load_model(active: ActiveModel, device: str | None = None) -> LoadedModel:
-    """Load the active bank (sha256 checked by ``MemoryBank.load``; a mismatch is refused)."""
-    model = FewShotPatchCore.load(
-        active.model_dir, device=device, bank_file=active.bank_file,
-        bank_sha256=active.bank_sha256,
-    )
-    return LoadedModel(model, active.bank_sha256)
+    """Load the active state through the registry; every file of its manifest is checked
+    against its sha256 (a mismatch is refused with both digests)."""
+    model = registry.load(active.state_format, active.state_dir, files=active.files,
+                          device=device)
+    return LoadedModel(model, active.state_digest)
 
 
 def prediction_row(
@@ -130,14 +151,14 @@ def prediction_row(
     pred: ImagePrediction,
     calibration: ThresholdInfo,
     heatmap: Path | None,
-    bank_version_id: int | None,
+    state_version_id: int | None,
     threshold_id: int | None,
 ) -> dict[str, Any]:
-    """A ``predictions`` row for one scored image (normalized on the bank's calibration)."""
+    """A ``predictions`` row for one scored image (normalized on the state's calibration)."""
     return {
         "image_sha256": pred.sha256,
         "image_path": pred.path,
-        "bank_version_id": bank_version_id,
+        "state_version_id": state_version_id,
         "threshold_id": threshold_id,
         "raw_score": float(pred.raw_score),
         "normalized_score": float(calibration.normalized(pred.raw_score)),
@@ -205,8 +226,8 @@ def score_batch(
     with ctx.session(readonly=True) as s:
         project = require_project(s, name)
         active = active_model(ctx, s, project)
-    if model is not None and model.bank_sha256 != active.bank_sha256:
-        raise ValueError("the given model holds another bank than the active one; reload it")
+    if model is not None and model.state_digest != active.state_digest:
+        raise ValueError("the given model holds another state than the active one; reload it")
     batch_id, created = _open_batch(ctx, project, batch_name, str(Path(path).resolve()))
     with ctx.session(readonly=True) as s:
         skip = repo.scored_shas(s, batch_id)
@@ -269,7 +290,7 @@ def batch_predictions(ctx: Kensa, name: str, batch_name: str) -> list[dict[str, 
                 "id": p.id, "image_sha256": p.image_sha256, "image_path": p.image_path,
                 "label": image.label if image else None,
                 "defect_type": image.defect_type if image else None,
-                "bank_version_id": p.bank_version_id, "threshold_id": p.threshold_id,
+                "state_version_id": p.state_version_id, "threshold_id": p.threshold_id,
                 "raw_score": p.raw_score, "normalized_score": p.normalized_score,
                 "verdict": p.verdict, "confidence": p.confidence, "regions": p.regions,
                 "heatmap_path": str(ctx.resolve(p.heatmap_path)) if p.heatmap_path else None,

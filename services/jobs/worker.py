@@ -1,81 +1,99 @@
-"""Background work in its own process, so a page never blocks and a reload loses nothing.
+"""A job worker: a huey consumer that runs Kensa's jobs from the queue.
 
-    python -m services.jobs.worker train MODEL_VERSION_ID
-    python -m services.jobs.worker update-bank PROJECT PATH [PATH ...] [--note TEXT]
+    python -m services.jobs.worker [--workers N] [--idle-exit SECONDS] [--local]
 
-``KENSA_HOME`` and ``DATABASE_URL`` come from the environment (``Kensa.env()`` sets them).
-Exit status: 0 done, 3 cancelled, 1 failed (the model version row holds the error text).
+It reads ``KENSA_HOME``, ``DATABASE_URL`` and ``KENSA_QUEUE_URL`` from the environment: on a
+plant, start one per GPU/CPU machine with the same three values (``KENSA_HOME`` on a shared
+file system) and they all take jobs from one Redis queue. Without ``KENSA_QUEUE_URL`` it
+works the local SQLite queue; the app starts one on demand (``--local``: at most one per
+``KENSA_HOME``, see ``services.jobs.local``).
+
+Alongside the consumer a maintenance thread reaps jobs whose worker died (no heartbeat for
+``KENSA_JOB_TIMEOUT_S``) every few seconds, and, with ``--idle-exit``, stops the worker once
+it has had nothing to do for that long.
+
+This is the only module that sets process-wide settings (torch threads, logging): jobs also
+run inline in the CLI, where those belong to the caller.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import subprocess
-import sys
-import traceback
-from pathlib import Path
+import signal
+import threading
 
-from services.context import Kensa
-from services.training.fit import TrainingCancelled
+from db.session import kensa_home
+from services.jobs.api import heartbeat_timeout, reap_stale
+from services.jobs.local import take_lock
+from services.jobs.queue import get_queue
+from services.jobs.runner import ACTIVITY, process_context
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def spawn(ctx: Kensa, argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``python -m services.jobs.worker ARGV`` detached; returns at once.
-
-    ``start_new_session`` keeps the worker alive when the Streamlit script reruns or the
-    browser reloads (and lets a caller signal its whole process group); its output is
-    appended to ``log_path``.
-    """
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = ctx.env()
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "services.jobs.worker", *argv], cwd=REPO_ROOT, env=env,
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+log = logging.getLogger("kensa.worker")
 
 
-def _log(stage: str, fraction: float) -> None:
-    print(f"{fraction:6.1%}  {stage}", file=sys.stderr, flush=True)
+def _maintain(stop: threading.Event, every_s: float, idle_exit_s: float) -> None:
+    ctx = process_context()
+    queue = get_queue(ctx.home)
+    while not stop.wait(every_s):
+        try:
+            reap_stale(ctx)
+            if idle_exit_s and ACTIVITY.idle_for() > idle_exit_s and queue.pending() == 0:
+                log.info("idle for %.0f s; exiting (the next job starts a worker again)",
+                         ACTIVITY.idle_for())
+                os.kill(os.getpid(), signal.SIGINT)  # huey's graceful stop
+                return
+        except Exception:  # noqa: BLE001 - maintenance must survive a database hiccup
+            log.exception("maintenance step failed")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.jobs.worker")
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="run a queued training")
-    train.add_argument("model_version_id", type=int)
-    update = sub.add_parser("update-bank", help="add good images to the active bank")
-    update.add_argument("project")
-    update.add_argument("paths", nargs="+")
-    update.add_argument("--note")
+    parser = argparse.ArgumentParser(prog="python -m services.jobs.worker",
+                                     description="run Kensa jobs from the queue")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="jobs run at once in this process (threads); default 1")
+    parser.add_argument("--idle-exit", type=float, default=0.0, metavar="SECONDS",
+                        help="exit after this long without work (0: never)")
+    parser.add_argument("--local", action="store_true",
+                        help="the on-demand local worker: exit if one already runs here")
     args = parser.parse_args(argv)
-
-    ctx = Kensa.create()
-    try:
-        if args.command == "train":
-            from services.training.project import run_training
-
-            result = run_training(ctx, args.model_version_id, progress=_log)
-            print(f"model version {result['id']}: {result['status']}", flush=True)
-        else:
-            from services.history.versions import update_bank
-
-            bank = update_bank(ctx, args.project, args.paths, note=args.note, progress=_log)
-            print(f"bank v{bank['version']} active ({bank['vector_count']} vectors)", flush=True)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The lock first, before the slow imports: submitters racing during our start see it.
+    lock = take_lock(kensa_home()) if args.local else None
+    if args.local and lock is None:
+        log.info("a local worker already runs for %s; exiting", kensa_home())
         return 0
-    except TrainingCancelled as exc:
-        print(f"cancelled: {exc}", file=sys.stderr)
-        return 3
-    except Exception:  # noqa: BLE001 - a worker's log is where the traceback is read
-        traceback.print_exc()
-        return 1
+
+    from engine.device import configure_worker_process, worker_threads  # imports torch
+
+    # N job threads share this process's torch threads: split them instead of oversubscribing.
+    threads = configure_worker_process(max(1, worker_threads() // args.workers))
+
+    ctx = process_context()
+    queue = get_queue(ctx.home)
+    log.info("worker for %s, queue %s, %d job thread(s), %d torch thread(s)", ctx.home,
+             "redis" if queue.shared else "sqlite (local)", args.workers, threads)
+    reap_stale(ctx)
+    stop = threading.Event()
+    every = max(0.5, min(15.0, heartbeat_timeout() / 3))
+    maintenance = threading.Thread(target=_maintain, args=(stop, every, args.idle_exit),
+                                   name="maintenance", daemon=True)
+    maintenance.start()
+    consumer = queue.huey.create_consumer(
+        workers=args.workers, worker_type="thread", periodic=False, initial_delay=0.1,
+        max_delay=1.0, check_worker_health=True,
+    )
+    try:
+        consumer.run()
     finally:
-        ctx.close()
+        stop.set()
+        if lock is not None:
+            lock.close()
+    return 0
 
 
 if __name__ == "__main__":

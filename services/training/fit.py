@@ -9,18 +9,24 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from engine import thresholds
-from engine.data import DatasetIndex, ImageLoadError, ImageRecord, load_image, load_mask
+from engine.data import (
+    DatasetIndex,
+    ImageLoadError,
+    ImageRecord,
+    degenerate_reason,
+    load_image,
+    load_mask,
+    sha256_file,
+)
+from engine.imaging import shrink_labels_to_fit, shrink_to_fit
 from engine.metrics import image_metrics, pixel_metrics
-from engine.models import AnomalyModel, FitReport, build_model
+from engine.models import AnomalyModel, FitReport, ImageSource, ProgressFn, registry
 
-ProgressFn = Callable[[str, float], None]
 #: Returns True when the user asked to stop; checked between images.
 CancelFn = Callable[[], bool]
 
@@ -70,6 +76,8 @@ class TrainOutcome:
     threshold: thresholds.ThresholdResult
     metrics: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    #: one per training image, in fit order: what the model's provenance records name
+    sources: list[ImageSource] = field(default_factory=list)
 
 
 def split_records(index: DatasetIndex, shots: int | None, seed: int
@@ -102,14 +110,25 @@ def split_records(index: DatasetIndex, shots: int | None, seed: int
     return chosen, sorted(held_out, key=lambda r: str(r.path))
 
 
-def _load_all(records: Sequence[ImageRecord], skipped: list[str]
+def _load_all(records: Sequence[ImageRecord], skipped: list[str], *, shots: bool = False
               ) -> list[tuple[ImageRecord, np.ndarray]]:
+    """Images that decode; with ``shots``, also only those fit to teach the model "good".
+
+    A flat or tiny shot would make blank frames look normal, so it is skipped by name even when
+    it was indexed before that check existed.
+    """
     out = []
     for record in records:
         try:
-            out.append((record, load_image(record.path)))
+            image = load_image(record.path)
         except ImageLoadError as exc:
             skipped.append(str(exc))
+            continue
+        reason = degenerate_reason(image) if shots else None
+        if reason:
+            skipped.append(f"{record.path}: {reason}")
+            continue
+        out.append((record, image))
     return out
 
 
@@ -131,7 +150,7 @@ def train_model(
     index: DatasetIndex,
     shots: int | None = None,
     seed: int = 0,
-    algorithm: str = "kensa_patchcore",
+    algorithm: str = registry.DEFAULT_MODEL,
     params: dict[str, Any] | None = None,
     progress: ProgressFn | None = None,
     cancelled: CancelFn | None = None,
@@ -139,26 +158,27 @@ def train_model(
 ) -> TrainOutcome:
     """Fit on the chosen shots and score the held-out images; writes nothing."""
     params = dict(params or {})
-    if algorithm == "kensa_patchcore":
+    if "seed" in registry.spec(algorithm).default_config:
         params.setdefault("seed", seed)
     report = progress or (lambda stage, fraction: None)
     stop = cancelled or (lambda: False)
     train_records, held_out = split_records(index, shots, seed)
     skipped: list[str] = []
     report("loading images", 0.0)
-    train = _load_all(train_records, skipped)
+    train = _load_all(train_records, skipped, shots=True)
     if not train:
         raise TrainingInputError(f"{index.root}: none of the training images could be read")
     if stop():
         raise TrainingCancelled("training cancelled before fitting")
-    model = build_model(algorithm, device=device, **params)
+    model = registry.create(algorithm, device=device, **params)
+    sources = [ImageSource(str(r.path), sha256_file(r.path)) for r, _ in train]
 
     def fit_progress(stage: str, fraction: float) -> None:
         if stop():
             raise TrainingCancelled(f"training cancelled while {stage}")
         report(stage, 0.05 + 0.6 * fraction)
 
-    fit = model.fit([image for _, image in train], progress=fit_progress)
+    fit = model.fit([image for _, image in train], progress=fit_progress, sources=sources)
     paths, labels, scores, maps, masks = [], [], [], [], []
     for i, record in enumerate(held_out):
         if stop():
@@ -173,8 +193,9 @@ def train_model(
         scores.append(float(result.scores[0]))
         labels.append(int(record.label == "defect"))
         paths.append(str(record.path))
-        maps.append(_shrink(result.maps[0]))
-        masks.append(None if mask is None else _shrink(mask.astype(np.uint8)) > 0)
+        maps.append(shrink_to_fit(result.maps[0], MAP_LONG_SIDE))
+        masks.append(None if mask is None
+                     else shrink_labels_to_fit(mask.astype(np.uint8), MAP_LONG_SIDE) > 0)
         report("scoring validation images", 0.65 + 0.33 * (i + 1) / max(1, len(held_out)))
     validation = Validation(paths, np.asarray(labels, dtype=np.int64),
                             np.asarray(scores, dtype=np.float64), maps, masks)
@@ -182,17 +203,8 @@ def train_model(
     metrics.update(validation_pixel_metrics(validation))
     report("done", 1.0)
     return TrainOutcome(model, algorithm, params, [str(r.path) for r, _ in train], fit,
-                        validation, threshold, {k: float(v) for k, v in metrics.items()}, skipped)
-
-
-def _shrink(array: np.ndarray) -> np.ndarray:
-    h, w = array.shape[:2]
-    scale = MAP_LONG_SIDE / max(h, w)
-    if scale >= 1:
-        return array
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    inter = cv2.INTER_NEAREST if array.dtype == np.uint8 else cv2.INTER_AREA
-    return cv2.resize(array, size, interpolation=inter)
+                        validation, threshold, {k: float(v) for k, v in metrics.items()}, skipped,
+                        sources)
 
 
 def validation_pixel_metrics(validation: Validation) -> dict[str, float]:
@@ -207,13 +219,3 @@ def validation_pixel_metrics(validation: Validation) -> dict[str, float]:
     out = pixel_metrics([validation.maps[i] for i in keep], [validation.masks[i] for i in keep])
     return {"pixel_auroc": float(out["pixel_auroc"]), "aupro": float(out["aupro"])}
 
-
-def load_images_checked(paths: Sequence[Path]) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
-    """Load what can be loaded and name every file that cannot."""
-    good, bad = [], []
-    for path in paths:
-        try:
-            good.append((Path(path), load_image(path)))
-        except ImageLoadError as exc:
-            bad.append(str(exc))
-    return good, bad

@@ -1,5 +1,5 @@
-"""Training inside a project: a queued ``model_versions`` row, worked on by this process or a
-detached worker (``python -m services.jobs.worker train ID``).
+"""Training inside a project: a queued ``model_versions`` row, worked on by a job (``train``
+kind, see ``services.jobs``): inline in the CLI or in a queue worker.
 
 While it runs, the worker writes stage and progress in short transactions and reads the row's
 status to notice a Cancel pressed in another process. Everything a finished run adds (model
@@ -10,19 +10,18 @@ without a threshold or a row pointing at a file that is not there yet.
 
 from __future__ import annotations
 
-import subprocess
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 import db.repositories as repo
-from db.models import BankKind, ModelVersion, RunStatus
-from engine.models.fewshot import BANK_FILE, FewShotConfig
+from db.models import ModelVersion, RunStatus, StateKind
+from engine.models import Capability, ProgressFn, registry
 from engine.regions import find_regions
 from services.context import Kensa
 from services.data.projects import project_index, require_project
+from services.history.provenance import state_columns, store_records
 from services.inference.batches import (
     VALIDATION_SOURCE,
     prediction_row,
@@ -30,13 +29,9 @@ from services.inference.batches import (
     validation_batch_name,
 )
 from services.inference.scoring import ImagePrediction, ThresholdInfo, save_heatmap
-from services.jobs.worker import spawn
+from services.jobs.runner import plain_message
 from services.training.fit import TrainingCancelled, TrainOutcome, train_model
 
-#: The only detector whose fitted state can be stored and reloaded per bank version.
-ALGORITHM = "kensa_patchcore"
-
-ProgressFn = Callable[[str, float], None]
 #: Progress at which fitting and validation end and writing the artifacts begins.
 SAVING_AT = 0.95
 
@@ -47,14 +42,12 @@ def request_training(
     shots: int | None = None,
     seed: int = 0,
     params: dict[str, Any] | None = None,
+    algorithm: str = registry.DEFAULT_MODEL,
 ) -> int:
-    """Queue a training run; bad parameters are refused now, not minutes later in a worker."""
+    """Queue a training run of ``algorithm`` (a registry name); bad parameters are refused
+    now, not minutes later in a worker."""
     model_params = dict(params or {})
-    try:
-        config = FewShotConfig(**model_params)
-    except TypeError as exc:
-        known = ", ".join(FewShotConfig.__dataclass_fields__)
-        raise ValueError(f"unknown training parameter ({exc}); known: {known}") from None
+    config = registry.validate(algorithm, model_params)
     with ctx.session() as s:
         project = require_project(s, name)
         n_good = repo.count_images(s, project.id, split="train", label="good")
@@ -63,7 +56,7 @@ def request_training(
         if shots is not None and not 1 <= shots <= n_good:
             raise ValueError(f"asked for {shots} shots; project {name!r} has 1 to {n_good}")
         mv = repo.create_model_version(
-            s, project.id, ALGORITHM, config.backbone,
+            s, project.id, algorithm, config.get("backbone"),
             {"shots": shots, "seed": seed, "model": model_params},
         )
         return mv.id
@@ -138,7 +131,7 @@ def run_training(ctx: Kensa, model_version_id: int, progress: ProgressFn | None 
     except BaseException as exc:  # KeyboardInterrupt too: never leave it "running"
         with ctx.session() as s:
             repo.finish_model_version(s, model_version_id, RunStatus.FAILED.value,
-                                      error=f"{type(exc).__name__}: {exc}")
+                                      error=plain_message(exc))
         raise
     return get_model_version(ctx, model_version_id)
 
@@ -176,7 +169,7 @@ def _commit(ctx: Kensa, project_id: int, mv: ModelVersion, outcome: TrainOutcome
         heatmap = ctx.validation_heatmap(project_id, mv.id, image.sha256)
         save_heatmap(score_map, rule, heatmap)
         rows.append(prediction_row(ctx, pred, rule, heatmap, None, None))
-    bank = outcome.model.bank
+    model = outcome.model
     metrics = {
         **outcome.metrics,
         "threshold": {"method": thr.method, "value": float(thr.value), "params": thr.params},
@@ -191,10 +184,10 @@ def _commit(ctx: Kensa, project_id: int, mv: ModelVersion, outcome: TrainOutcome
             fit_seconds=outcome.fit.fit_seconds, artifact_dir=ctx.stored(model_dir),
         ):
             raise TrainingCancelled("training cancelled while saving")
-        bank_row = repo.add_bank_version(
-            s, mv.id, kind=BankKind.INITIAL.value, vector_count=len(bank),
-            dim=int(bank.vectors.shape[1]), file_path=ctx.stored(model_dir / BANK_FILE),
-            sha256=digests[BANK_FILE], source_images=[images[p].sha256 for p in outcome.shots],
+        bank_row = repo.add_state_version(
+            s, mv.id, kind=StateKind.INITIAL.value, state_format=mv.algorithm,
+            directory=ctx.stored(model_dir), files=digests, **state_columns(model),
+            source_images=[images[p].sha256 for p in outcome.shots],
             note=f"trained on {len(outcome.shots)} images",
         )
         threshold = repo.add_threshold(
@@ -205,33 +198,63 @@ def _commit(ctx: Kensa, project_id: int, mv: ModelVersion, outcome: TrainOutcome
         )
         batch = repo.create_batch(s, project_id, validation_batch_name(mv.id), VALIDATION_SOURCE)
         repo.add_predictions(s, batch.id, [
-            {**r, "bank_version_id": bank_row.id, "threshold_id": threshold.id} for r in rows
+            {**r, "state_version_id": bank_row.id, "threshold_id": threshold.id} for r in rows
         ])
         repo.finish_batch(s, batch.id)
+        if Capability.NEAREST_PATCHES in model.capabilities:
+            store_records(s, mv.id, bank_row.id, model.records)  # type: ignore[attr-defined]
 
 
 def train_project(ctx: Kensa, name: str, shots: int | None = None, seed: int = 0,
-                  params: dict[str, Any] | None = None, progress: ProgressFn | None = None
-                  ) -> dict[str, Any]:
-    """Queue and run a training in this process (the CLI's ``train NAME``)."""
-    return run_training(ctx, request_training(ctx, name, shots, seed, params), progress)
+                  params: dict[str, Any] | None = None, progress: ProgressFn | None = None,
+                  algorithm: str = registry.DEFAULT_MODEL) -> dict[str, Any]:
+    """Queue and run a training in this process as a job (the CLI's ``train NAME``).
 
-
-def start_training_process(ctx: Kensa, model_version_id: int) -> subprocess.Popen[bytes]:
-    """Run a queued training in a detached worker (``worker.log`` in the model folder).
-
-    The page returns at once and polls :func:`get_model_version`; a reload loses nothing.
+    Same job path as a worker (row, heartbeat, Cancel from another process); raises
+    ``JobCancelled`` / ``JobFailed`` (RuntimeErrors) with the job's plain message.
     """
+    from services.jobs.api import submit_inline
+
+    mv_id = request_training(ctx, name, shots, seed, params, algorithm)
+    _, mv = submit_inline(ctx, "train", {"model_version_id": mv_id},
+                          project_id=get_model_version(ctx, mv_id)["project_id"], echo=progress)
+    return mv
+
+
+def start_training_job(ctx: Kensa, model_version_id: int) -> int:
+    """Hand a queued training to the job queue; returns the job id at once.
+
+    The page polls :func:`training_job`; a reload loses nothing.
+    """
+    from services.jobs.api import submit
+
+    project_id = get_model_version(ctx, model_version_id)["project_id"]
+    return submit(ctx, "train", {"model_version_id": model_version_id}, project_id=project_id)
+
+
+def training_job(ctx: Kensa, model_version_id: int) -> dict[str, Any] | None:
+    """The newest job that trains this model version (None for runs older than jobs)."""
+    from services.jobs.api import list_jobs
+
+    mv = get_model_version(ctx, model_version_id)
     with ctx.session(readonly=True) as s:
-        mv = repo.get_model_version(s, model_version_id)
-        if mv is None:
-            raise LookupError(f"no model version {model_version_id}")
-        log = ctx.model_dir(mv.project_id, model_version_id) / "worker.log"
-    return spawn(ctx, ["train", str(model_version_id)], log)
+        project = repo.get_project(s, mv["project_id"])
+    for job in list_jobs(ctx, project.name if project else None, kinds=["train"], limit=None):
+        if job["payload"].get("model_version_id") == model_version_id:
+            return job
+    return None
 
 
 def cancel_training(ctx: Kensa, model_version_id: int) -> bool:
-    """Ask a queued or running training to stop; False if it had already ended."""
+    """Ask a queued or running training to stop; False if it had already ended.
+
+    Through its job when it has one (the job and the model version row end together).
+    """
+    from services.jobs.api import cancel
+
+    job = training_job(ctx, model_version_id)
+    if job is not None and job["status"] in ("queued", "running"):
+        return cancel(ctx, job["id"]) is not None
     with ctx.session() as s:
         return repo.cancel_model_version(s, model_version_id)
 

@@ -2,7 +2,9 @@
 
 ``train --data DIR --out RUN_DIR`` writes ``run.json`` (what was trained on and how, with the
 validation metrics), the model's own files (``model.json`` + ``bank.safetensors``) and
-``threshold.json``; ``score --run RUN_DIR`` reads them back, checking the bank's sha256.
+``threshold.json``; ``score --run RUN_DIR`` reads them back through the model registry, checking
+the sha256 of every model file recorded in ``run.json``. Provenance records live in the model's
+``model.json`` with ids from 0 (no database to allocate them).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 from pathlib import Path
 
 from engine.artifacts import write_json_atomic
-from engine.models.fewshot import FewShotPatchCore
+from engine.models import AnomalyModel, registry
 from services.inference.scoring import ThresholdInfo
 from services.training.fit import TrainOutcome
 
@@ -25,6 +27,7 @@ def save_run(outcome: TrainOutcome, out_dir: Path, data: Path, shots: int | None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     digests = outcome.model.save(out_dir)
+    model_files = dict(digests)
     threshold = {
         "method": outcome.threshold.method,
         "value": float(outcome.threshold.value),
@@ -44,19 +47,21 @@ def save_run(outcome: TrainOutcome, out_dir: Path, data: Path, shots: int | None
         "metrics": outcome.metrics,
         "skipped": outcome.skipped,
         "artifacts": dict(digests),
+        "model_files": model_files,
     }
     digests[RUN_FILE] = write_json_atomic(out_dir / RUN_FILE, run)
     return digests
 
 
-def load_run(run_dir: Path, device: str | None = None) -> tuple[FewShotPatchCore, ThresholdInfo]:
+def load_run(run_dir: Path, device: str | None = None) -> tuple[AnomalyModel, ThresholdInfo]:
+    """The run's model (files verified; runs saved before ``model_files`` check their bank
+    against ``model.json`` only) and its threshold."""
     run_dir = Path(run_dir)
     if not (run_dir / RUN_FILE).is_file():
         raise FileNotFoundError(f"{run_dir}: not a training run (no {RUN_FILE}); train one first")
     run = json.loads((run_dir / RUN_FILE).read_text())
-    if run["algorithm"] != "kensa_patchcore":
-        raise ValueError(f"{run_dir}: algorithm {run['algorithm']!r} cannot be reloaded")
-    model = FewShotPatchCore.load(run_dir, device=device)
+    model = registry.load(run.get("algorithm", registry.DEFAULT_MODEL), run_dir,
+                          files=run.get("model_files"), device=device)
     raw = json.loads((run_dir / THRESHOLD_FILE).read_text())
     return model, ThresholdInfo(float(raw["value"]), raw["method"],
                                 tuple(float(s) for s in raw.get("normal_scores", ())))

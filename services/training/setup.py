@@ -14,14 +14,14 @@ from typing import Any
 import db.repositories as repo
 from db.models import ACTIVE_STATUSES, utcnow
 from engine.backbones import DEFAULT_BACKBONE, REGISTRY
-from engine.models.fewshot import FewShotConfig
+from engine.models import registry
 from services.context import Kensa
 from services.data.projects import require_project
 from services.training.project import (
     cancel_training,
     list_model_versions,
     request_training,
-    start_training_process,
+    start_training_job,
 )
 
 IMAGE_SIZE_RANGE = (128, 768)
@@ -99,6 +99,10 @@ def _reasons(n_good: int, n_good_other: int, n_defect: int) -> list[str]:
     return reasons
 
 
+def _default_image_size() -> int:
+    return int(registry.spec(registry.DEFAULT_MODEL).default_config["image_size"])
+
+
 def training_setup(ctx: Kensa, name: str) -> TrainingSetup:
     with ctx.session(readonly=True) as s:
         project = require_project(s, name)
@@ -111,7 +115,7 @@ def training_setup(ctx: Kensa, name: str) -> TrainingSetup:
                        if split == "train" and label == "good")
     n_good = sum(n for (_, label, _), n in counts.items() if label == "good")
     n_defect = sum(n for (_, label, _), n in counts.items() if label == "defect")
-    defaults = FewShotConfig()
+    model = registry.spec(registry.DEFAULT_MODEL)
     backbones = [
         BackboneChoice(spec.name, spec.description, spec.weights == "hub")
         for spec in REGISTRY.values()
@@ -120,19 +124,19 @@ def training_setup(ctx: Kensa, name: str) -> TrainingSetup:
         n_good_train=n_good_train,
         n_good_other=n_good - n_good_train,
         n_defect=n_defect,
-        algorithm="kensa_patchcore",
-        title="Kensa few-shot PatchCore",
+        algorithm=model.name,
+        title=model.title,
         reasons=_reasons(n_good_train, n_good - n_good_train, n_defect),
         backbones=backbones,
         default_backbone=DEFAULT_BACKBONE,
-        default_image_size=defaults.image_size,
+        default_image_size=int(model.default_config["image_size"]),
         active=active,
     )
 
 
 def start_training(ctx: Kensa, name: str, *, shots: int | None, seed: int, backbone: str,
                    image_size: int) -> int:
-    """Queue a run and hand it to a detached worker; returns at once with its id."""
+    """Queue a run and hand it to the job queue; returns at once with the model version id."""
     lo, hi = IMAGE_SIZE_RANGE
     if not lo <= image_size <= hi:
         raise ValueError(f"image size must be between {lo} and {hi} pixels")
@@ -143,7 +147,7 @@ def start_training(ctx: Kensa, name: str, *, shots: int | None, seed: int, backb
     mv_id = request_training(ctx, name, shots, seed,
                              {"backbone": backbone, "image_size": int(image_size)})
     try:
-        start_training_process(ctx, mv_id)
+        start_training_job(ctx, mv_id)
     except Exception:
         cancel_training(ctx, mv_id)  # never leave a queued row nobody will work on
         raise
@@ -151,9 +155,29 @@ def start_training(ctx: Kensa, name: str, *, shots: int | None, seed: int, backb
 
 
 def active_runs(ctx: Kensa, name: str) -> list[dict[str, Any]]:
-    """Queued or running trainings of the project, newest first (the live panel polls this)."""
-    return [_run_summary(r) for r in list_model_versions(ctx, name)
-            if r["status"] in ACTIVE_STATUSES]
+    """Queued or running trainings of the project, newest first (the live panel polls this).
+
+    Stage, progress, error and the worker's silence come from the run's job row when it has
+    one (reading it also reaps jobs whose worker died, which ends their run as failed).
+    """
+    from services.jobs.api import list_jobs
+
+    jobs: dict[int, dict[str, Any]] = {}
+    for job in list_jobs(ctx, name, kinds=["train"], active=True, limit=None):
+        jobs.setdefault(int(job["payload"].get("model_version_id", 0)), job)
+    runs = []
+    for r in list_model_versions(ctx, name):
+        if r["status"] not in ACTIVE_STATUSES:
+            continue
+        summary = _run_summary(r)
+        job = jobs.get(r["id"])
+        summary["job_id"] = job["id"] if job else None
+        if job is not None:
+            summary.update({k: job[k] for k in ("stage", "progress", "silent_s", "waiting_s",
+                                                "attempts", "cancel_requested")})
+            summary["error"] = job["error"] or summary["error"]
+        runs.append(summary)
+    return runs
 
 
 def cancel(ctx: Kensa, model_version_id: int) -> bool:
@@ -220,7 +244,7 @@ def run_history(ctx: Kensa, name: str) -> list[dict[str, Any]]:
             "threshold": _metric(threshold if isinstance(threshold, dict) else metrics,
                                  "value" if isinstance(threshold, dict) else "threshold", 4),
             "backbone": run["backbone"] or model.get("backbone", DEFAULT_BACKBONE),
-            "image size": model.get("image_size", FewShotConfig().image_size),
+            "image size": model.get("image_size", _default_image_size()),
             "seed": params.get("seed", 0),
             "note": (run["error"] or "")[:200],
         })

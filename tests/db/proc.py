@@ -47,7 +47,7 @@ def write(
                 row = {
                     "image_sha256": sha,
                     "image_path": f"{batch_id}/{i}.png",
-                    "bank_version_id": bank_id,
+                    "state_version_id": bank_id,
                     "raw_score": float(i),
                     "verdict": "good",
                 }

@@ -60,8 +60,9 @@ def test_two_processes_write_predictions_concurrently(db_url: str, tmp_path: Pat
         project = repo.create_project(s, "p", "/p")
         mv = repo.create_model_version(s, project.id, "patchcore")
         repo.start_model_version(s, mv.id)
-        bank = repo.add_bank_version(
-            s, mv.id, kind="initial", vector_count=1, dim=1, file_path=None, sha256=None
+        bank = repo.add_state_version(
+            s, mv.id, kind="initial", state_format="kensa_patchcore", directory=None, files={},
+            vector_count=1, dim=1,
         )
         batches = [repo.create_batch(s, project.id, f"b{i}").id for i in range(2)]
     n = 200

@@ -26,13 +26,21 @@ from db.session import make_engine, session_scope
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {t.name for t in Base.metadata.sorted_tables}
+#: The tables of 0001-0003 and what 0004 renamed.
+OLD_TABLES = ["projects", "images", "dataset_problems", "augmentation_presets", "model_versions",
+              "memory_bank_versions", "thresholds", "batches", "predictions", "drift_reports"]
+RENAMED = {"memory_bank_versions": "state_versions"}
+
+
+def _counts(conn, tables: list[str]) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    return {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar() for t in tables}
 
 
 def test_upgrade_reaches_head_and_is_idempotent(db_url: str) -> None:
     assert current_revision(db_url) is None
     upgrade(db_url)
     upgrade(db_url)  # the app calls it on every start
-    assert current_revision(db_url) == head_revision() == "0003_run_heartbeat"
+    assert current_revision(db_url) == head_revision()
     engine = make_engine(db_url)
     assert set(inspect(engine).get_table_names()) == TABLES | {"alembic_version"}
     engine.dispose()
@@ -86,30 +94,89 @@ def test_upgrade_from_0001_keeps_every_row(db_url: str) -> None:
     assert "reviewed_at" not in {c["name"] for c in inspect(engine).get_columns("predictions")}
     with engine.begin() as conn:
         _insert_0001_rows(conn)
-        before = {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar() for t in TABLES}
+        before = {t: n for t, n in _counts(conn, OLD_TABLES).items()}
     engine.dispose()
 
     upgrade(db_url)
 
     engine = make_engine(db_url)
     insp = inspect(engine)
-    assert current_revision(db_url) == "0003_run_heartbeat"
+    assert current_revision(db_url) == head_revision()
     assert "reviewed_at" in {c["name"] for c in insp.get_columns("predictions")}
     assert "heartbeat_at" in {c["name"] for c in insp.get_columns("model_versions")}
-    assert "ix_predictions_bank_version_id" in {i["name"] for i in insp.get_indexes("predictions")}
+    assert "ix_predictions_state_version_id" in {i["name"] for i in insp.get_indexes("predictions")}
     assert "ix_images_project_id_label" in {i["name"] for i in insp.get_indexes("images")}
     with engine.begin() as conn:
-        after = {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar() for t in TABLES}
-    assert after == before and all(after.values())
+        after = _counts(conn, [RENAMED.get(t, t) for t in OLD_TABLES])
+    assert list(after.values()) == list(before.values()) and all(after.values())
     with session_scope(engine) as s:  # the old rows read through today's code
         (pred, _) = repo.list_predictions(s, 1)
         assert (pred.raw_score, pred.regions, pred.reviewed_verdict) == (3.5, [{"area": 5}], "good")
         assert pred.reviewed_at is None and pred.created_at.tzinfo is not None
-        assert repo.get_active_bank_version(s, 1).parent_id == 1  # type: ignore[union-attr]
+        assert repo.get_active_state_version(s, 1).parent_id == 1  # type: ignore[union-attr]
         assert repo.get_active_threshold(s, 2).method == "manual"  # type: ignore[union-attr]
         assert repo.get_project(s, 1).settings == {"a": 1}  # type: ignore[union-attr]
         assert repo.list_presets(s, 1)[0].config == {"b": 0.2}
         repo.review_prediction(s, 2, "defect")  # and the new column is writable
+    engine.dispose()
+
+
+def test_0004_turns_bank_rows_into_state_versions_with_manifests(db_url: str) -> None:
+    """A 0003 database with rows in every table, upgraded: nothing lost, ids kept, each bank
+    row a state version with its format and manifest, children re-pointed; new rows get
+    fresh ids (PostgreSQL's sequence moved past the copied ones); downgrade restores."""
+    upgrade(db_url, "0003_run_heartbeat")
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        _insert_0001_rows(conn)
+        conn.execute(text("UPDATE model_versions SET artifact_dir = 'projects/1/models/1'"))
+        conn.execute(text(
+            "UPDATE memory_bank_versions SET file_path = 'projects/1/models/1/bank.safetensors',"
+            " sha256 = 'a1' WHERE id = 1"))
+        conn.execute(text(
+            "UPDATE memory_bank_versions SET sha256 = 'b2',"
+            " file_path = 'projects/1/models/1/banks/u.safetensors' WHERE id = 2"))
+        before = _counts(conn, OLD_TABLES)
+    engine.dispose()
+
+    upgrade(db_url)
+
+    engine = make_engine(db_url)
+    assert "memory_bank_versions" not in inspect(engine).get_table_names()
+    with engine.begin() as conn:
+        assert list(_counts(conn, [RENAMED.get(t, t) for t in OLD_TABLES]).values()) == list(
+            before.values())
+        assert conn.execute(text("SELECT COUNT(*) FROM provenance_records")).scalar() == 0
+    with session_scope(engine) as s:
+        v1, v2 = repo.list_state_versions(s, 1)
+        assert (v1.state_format, v1.directory, v1.files) == (
+            "kensa_patchcore", "projects/1/models/1", {"bank.safetensors": "a1"})
+        assert (v2.directory, v2.files) == ("projects/1/models/1", {"banks/u.safetensors": "b2"})
+        assert (v1.vector_count, v1.dim, v1.source_images, v1.is_active) == (10, 4, ["aa"], False)
+        assert (v2.parent_id, v2.kind, v2.is_active) == (v1.id, "incremental", True)
+        assert [t.id for t in repo.list_thresholds(s, v2.id)] == [1, 2]
+        assert {p.state_version_id for p in repo.list_predictions(s, 1)} == {2}
+        v3 = repo.add_state_version(s, 1, kind="online", state_format="anomalib_patchcore",
+                                    directory="d", files={"model.json": "c3"})
+        assert v3.id == 3 and v3.version == 3 and v3.vector_count is None
+        repo.add_provenance(s, 1, v3.id, [{
+            "record_id": repo.next_provenance_id(s, 1), "path": "a.png", "sha256": "aa",
+            "view": "rot0", "height": 8, "width": 8, "grid_height": 1, "grid_width": 1}])
+    engine.dispose()
+
+    downgrade(db_url, "0003_run_heartbeat")
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        rows = conn.execute(text(
+            "SELECT id, file_path, sha256, vector_count FROM memory_bank_versions ORDER BY id"
+        )).all()
+        assert [tuple(r) for r in rows] == [
+            (1, "projects/1/models/1/bank.safetensors", "a1", 10),
+            (2, "projects/1/models/1/banks/u.safetensors", "b2", 12),
+            (3, "d/model.json", "c3", 0),
+        ]
+        assert conn.execute(text(
+            "SELECT COUNT(*) FROM predictions WHERE bank_version_id = 2")).scalar() == 2
     engine.dispose()
 
 
@@ -168,7 +235,7 @@ def test_alembic_cli_works_from_anywhere(tmp_path: Path) -> None:
     out = subprocess.run(
         [*run, "current"], cwd=tmp_path, check=True, capture_output=True, text=True
     )
-    assert "0003_run_heartbeat (head)" in out.stdout
+    assert f"{head_revision()} (head)" in out.stdout
     assert ROOT.joinpath("db", "alembic.ini") == ALEMBIC_INI
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
 import db.repositories as repo
-from db.models import BankKind, MemoryBankVersion, RunStatus, Threshold
+from db.models import RunStatus, StateKind, StateVersion, Threshold
 from db.session import session_scope
 
 
@@ -23,7 +23,7 @@ def _pred(i: int, bank_id: int, threshold_id: int | None = None, **kw: Any) -> d
     row = {
         "image_sha256": f"{i:064x}",
         "image_path": f"batch/{i:03d}.png",
-        "bank_version_id": bank_id,
+        "state_version_id": bank_id,
         "threshold_id": threshold_id,
         "raw_score": float(i),
         "verdict": "good",
@@ -31,9 +31,10 @@ def _pred(i: int, bank_id: int, threshold_id: int | None = None, **kw: Any) -> d
     return {**row, **kw}
 
 
-def _bank(session: Any, mv_id: int, **kw: Any) -> MemoryBankVersion:
-    args = {"kind": BankKind.INITIAL, "vector_count": 10, "dim": 4, "file_path": "b", "sha256": "s"}
-    return repo.add_bank_version(session, mv_id, **{**args, **kw})
+def _bank(session: Any, mv_id: int, **kw: Any) -> StateVersion:
+    args = {"kind": StateKind.INITIAL, "state_format": "kensa_patchcore", "directory": "m",
+            "files": {"bank.safetensors": "s"}, "vector_count": 10, "dim": 4}
+    return repo.add_state_version(session, mv_id, **{**args, **kw})
 
 
 @pytest.fixture
@@ -89,7 +90,7 @@ def test_delete_project_cascades_through_history(engine: Engine, project_id: int
         assert repo.project_counts(s, project_id) == dict.fromkeys(
             repo.project_counts(s, project_id), 0
         )
-        assert repo.get_bank_version(s, bank.id) is None
+        assert repo.get_state_version(s, bank.id) is None
 
 
 # --------------------------------------------------------------------------- images
@@ -240,19 +241,19 @@ def test_progress_check_constraint(engine: Engine, project_id: int) -> None:
 def test_bank_version_chain(engine: Engine, project_id: int) -> None:
     with session_scope(engine) as s:
         mv = repo.create_model_version(s, project_id, "patchcore")
-        assert repo.get_active_bank_version(s, mv.id) is None
+        assert repo.get_active_state_version(s, mv.id) is None
         v1 = _bank(s, mv.id, source_images=["a" * 64, "b" * 64])
-        v2 = _bank(s, mv.id, kind=BankKind.INCREMENTAL, vector_count=15, note="3 new goods")
+        v2 = _bank(s, mv.id, kind=StateKind.INCREMENTAL, vector_count=15, note="3 new goods")
         v3 = _bank(s, mv.id, kind="online")
     with session_scope(engine, readonly=True) as s:
-        banks = repo.list_bank_versions(s, mv.id)
+        banks = repo.list_state_versions(s, mv.id)
         assert [b.version for b in banks] == [1, 2, 3]
         assert [b.parent_id for b in banks] == [None, v1.id, v2.id]
         assert [b.is_active for b in banks] == [False, False, True]
         assert banks[0].source_images == ["a" * 64, "b" * 64]
         assert banks[1].note == "3 new goods" and banks[1].vector_count == 15
-        assert repo.get_active_bank_version(s, mv.id).id == v3.id  # type: ignore[union-attr]
-        assert repo.get_bank_version(s, v2.id).kind == "incremental"  # type: ignore[union-attr]
+        assert repo.get_active_state_version(s, mv.id).id == v3.id  # type: ignore[union-attr]
+        assert repo.get_state_version(s, v2.id).kind == "incremental"  # type: ignore[union-attr]
 
 
 def test_bank_versions_number_per_model_version(engine: Engine, project_id: int) -> None:
@@ -263,18 +264,19 @@ def test_bank_versions_number_per_model_version(engine: Engine, project_id: int)
         _bank(s, a.id)
         b1 = _bank(s, b.id)
         assert (b1.version, b1.parent_id) == (1, None)
-        assert repo.get_active_bank_version(s, a.id).version == 2  # type: ignore[union-attr]
+        assert repo.get_active_state_version(s, a.id).version == 2  # type: ignore[union-attr]
     with pytest.raises(LookupError), session_scope(engine) as s:
         _bank(s, 999)
 
 
 def test_one_active_bank_is_enforced_by_the_database(engine: Engine, bank_id: int) -> None:
     with pytest.raises(IntegrityError), session_scope(engine) as s:
-        first = repo.get_bank_version(s, bank_id)
+        first = repo.get_state_version(s, bank_id)
         assert first is not None
         s.add(
-            MemoryBankVersion(
-                model_version_id=first.model_version_id, version=2, kind="online", is_active=True
+            StateVersion(
+                model_version_id=first.model_version_id, version=2, kind="online",
+                state_format="kensa_patchcore", is_active=True,
             )
         )
         s.flush()
@@ -285,23 +287,25 @@ def test_rollback_appends_a_version_and_copies_the_threshold(
 ) -> None:
     with session_scope(engine) as s:
         mv = repo.create_model_version(s, project_id, "patchcore")
-        v1 = _bank(s, mv.id, file_path="v1.safetensors", sha256="h1", vector_count=10)
+        v1 = _bank(s, mv.id, directory="m/1", files={"model.json": "j1", "bank.safetensors": "h1"},
+                   vector_count=10)
         repo.add_threshold(s, v1.id, method="f1", raw_value=2.5, params={"band": [2.0, 3.0]})
-        _bank(s, mv.id, kind="incremental", file_path="v2.safetensors", sha256="h2")
-        repo.add_threshold(s, repo.get_active_bank_version(s, mv.id).id, method="f1", raw_value=9)  # type: ignore[union-attr]
+        _bank(s, mv.id, kind="incremental", directory="m/2", files={"bank.safetensors": "h2"})
+        repo.add_threshold(s, repo.get_active_state_version(s, mv.id).id, method="f1", raw_value=9)  # type: ignore[union-attr]
     with session_scope(engine) as s:
-        v3 = repo.rollback_bank_version(s, mv.id, v1.id, created_by="alice")
+        v3 = repo.rollback_state_version(s, mv.id, v1.id, created_by="alice")
     with session_scope(engine, readonly=True) as s:
         assert (v3.version, v3.kind, v3.parent_id) == (3, "rollback", v1.id)
-        assert (v3.file_path, v3.sha256, v3.vector_count) == ("v1.safetensors", "h1", 10)
-        assert repo.get_active_bank_version(s, mv.id).id == v3.id  # type: ignore[union-attr]
+        assert (v3.directory, v3.files, v3.vector_count, v3.state_format) == (
+            "m/1", {"model.json": "j1", "bank.safetensors": "h1"}, 10, "kensa_patchcore")
+        assert repo.get_active_state_version(s, mv.id).id == v3.id  # type: ignore[union-attr]
         thr = repo.get_active_threshold_for_model(s, mv.id)
-        assert thr is not None and thr.bank_version_id == v3.id
+        assert thr is not None and thr.state_version_id == v3.id
         assert (thr.raw_value, thr.params, thr.created_by) == (2.5, {"band": [2.0, 3.0]}, "alice")
-        assert len(repo.list_bank_versions(s, mv.id)) == 3
+        assert len(repo.list_state_versions(s, mv.id)) == 3
     with pytest.raises(LookupError), session_scope(engine) as s:
         other = repo.create_model_version(s, project_id, "patchcore")
-        repo.rollback_bank_version(s, other.id, v1.id)
+        repo.rollback_state_version(s, other.id, v1.id)
 
 
 # --------------------------------------------------------------------------- thresholds
@@ -347,7 +351,7 @@ def test_one_active_threshold_is_enforced_by_the_database(engine: Engine, bank_i
     with session_scope(engine) as s:
         repo.add_threshold(s, bank_id, method="f1", raw_value=1.0)
     with pytest.raises(IntegrityError), session_scope(engine) as s:
-        s.add(Threshold(bank_version_id=bank_id, method="x", raw_value=2.0, active=True))
+        s.add(Threshold(state_version_id=bank_id, method="x", raw_value=2.0, active=True))
         s.flush()
 
 
@@ -431,7 +435,7 @@ def test_bank_with_predictions_cannot_be_deleted(
         batch = repo.create_batch(s, project_id, "b")
         repo.add_predictions(s, batch.id, [_pred(1, bank_id)])
     with pytest.raises(IntegrityError), session_scope(engine) as s:
-        s.delete(repo.get_bank_version(s, bank_id))
+        s.delete(repo.get_state_version(s, bank_id))
         s.flush()
 
 
@@ -496,7 +500,7 @@ def test_history_counts(engine: Engine, project_id: int, bank_id: int) -> None:
         "images": 3,
         "problems": 1,
         "model_versions": 1,
-        "bank_versions": 1,
+        "state_versions": 1,
         "batches": 3,
         "predictions": 4,
         "drift_alerts": 1,
@@ -533,3 +537,29 @@ def test_updates_refresh_objects_already_in_the_session(engine: Engine, project_
         t1 = repo.add_threshold(s, bank.id, method="f1", raw_value=1.0)
         repo.add_threshold(s, bank.id, method="f1", raw_value=2.0)
         assert t1.active is False
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def test_provenance_ids_are_issued_once_per_model_version(engine: Engine, project_id: int) -> None:
+    def rows(ids: range) -> list[dict[str, Any]]:
+        return [{"record_id": i, "path": f"g{i}.png", "sha256": f"{i:064x}", "view": "rot0",
+                 "height": 96, "width": 96, "grid_height": 12, "grid_width": 12} for i in ids]
+
+    with session_scope(engine) as s:
+        mv = repo.create_model_version(s, project_id, "kensa_patchcore")
+        other = repo.create_model_version(s, project_id, "kensa_patchcore")
+        assert repo.next_provenance_id(s, mv.id) == 0
+        v1 = _bank(s, mv.id)
+        assert repo.add_provenance(s, mv.id, v1.id, rows(range(0, 4))) == 4
+        v2 = _bank(s, mv.id, kind="incremental")
+        repo.add_provenance(s, mv.id, v2.id, rows(range(4, 6)))
+        repo.rollback_state_version(s, mv.id, v1.id)
+        assert repo.next_provenance_id(s, mv.id) == 6  # v2's ids stay spent after the rollback
+        assert repo.next_provenance_id(s, other.id) == 0  # ids are per model version
+        found = repo.get_provenance(s, mv.id, [5, 1, 99])
+        assert [(r.record_id, r.path, r.state_version_id) for r in found] == [
+            (1, "g1.png", v1.id), (5, "g5.png", v2.id)]
+    with pytest.raises(IntegrityError), session_scope(engine) as s:
+        repo.add_provenance(s, mv.id, v2.id, rows(range(5, 7)))  # 5 again: refused

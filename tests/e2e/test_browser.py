@@ -2,7 +2,10 @@
 
 Starts ``streamlit run app.py`` on a free port with an empty KENSA_HOME (so the demo project is
 created on the way), drives Debian's Chromium through Playwright, and writes one screenshot per
-page to ``screenshots/``. Chromium missing is a FAILURE, not a skip: CI installs it
+page to ``screenshots/``. The first start (first request to the home page showing the demo card)
+is measured and printed against its 10 s target; only a clearly broken start (over
+``FIRST_START_LIMIT_S``) fails, since a busy CI machine can miss the target for reasons that
+are not in the code. Chromium missing is a FAILURE, not a skip: CI installs it
 (``apt-get install -y chromium``), and a skipped browser test would hide a broken app.
 """
 
@@ -32,6 +35,8 @@ CHROMIUM_ARGS = [
 #: Training the demo (45 images) on a small shared CPU; the test reports the real duration.
 TRAIN_TIMEOUT_S = 240
 UI_TIMEOUT_MS = 60_000
+FIRST_START_TARGET_S = 10.0
+FIRST_START_LIMIT_S = 60.0
 
 
 def _free_port() -> int:
@@ -54,32 +59,41 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: f
     pytest.fail(f"streamlit did not become healthy in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
-    """A workbench on a free port with a fresh data directory (the demo is created on start)."""
+def _start(home: Path, log: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """``streamlit run app.py`` on a free port with ``home`` as KENSA_HOME (demo on)."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KENSA_DEMO")}
     # One torch thread: on a small shared CPU two threads per process mostly wait on each
     # other (the demo trains in ~9 s with one thread, ~18 s with two, on this machine).
-    env.update(KENSA_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1",
+    env.update(KENSA_HOME=str(home), PYTHONUNBUFFERED="1",
                OMP_NUM_THREADS="1", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-    log = tmp_path / "streamlit.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
              "--server.port", str(port), "--server.address", "127.0.0.1"],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    url = f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{port}", proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    """A workbench on a free port with a fresh data directory (the demo is created on start)."""
+    log = tmp_path / "streamlit.log"
+    url, proc = _start(tmp_path / "home", log)
     try:
         _wait_healthy(url, proc, log)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
         workers = tmp_path / "home"
         for worker_log in workers.rglob("worker.log"):
             print(f"--- {worker_log}\n{worker_log.read_text()[-2000:]}")
@@ -139,7 +153,66 @@ def _nav(page, label: str) -> None:
     page.locator('[data-testid="stSidebarNav"]').get_by_text(label, exact=True).click()
 
 
-def test_demo_train_evaluate_save_threshold(browser_page, server: str) -> None:
+def _no_page_list(page) -> None:
+    """The real app, not Streamlit's automatic list of the files in a ``pages/`` folder."""
+    nav = page.locator('[data-testid="stSidebarNav"]')
+    nav.get_by_text("Datasets", exact=True).wait_for()
+    links = nav.inner_text()
+    for module in ("app", "common", "import form", "new project", "ui"):
+        assert not re.search(rf"^{module}$", links, re.I | re.M), links
+
+
+def test_first_start_then_a_page_url(browser_page, tmp_path: Path) -> None:
+    """A fresh server and data directory: time from the first request to the demo card, then
+    a first request for /training on another fresh server shows the real page too."""
+    page = browser_page
+    log = tmp_path / "streamlit.log"
+    url, proc = _start(tmp_path / "home", log)
+    try:
+        _wait_healthy(url, proc, log)
+        start = time.monotonic()
+        page.goto(url)
+        page.get_by_role("heading", name="demo").wait_for(timeout=FIRST_START_LIMIT_S * 1000)
+        page.get_by_text("Good images").first.wait_for()
+        first_start = time.monotonic() - start
+        print(f"\nfirst start: {first_start:.1f} s (target {FIRST_START_TARGET_S:.0f} s; "
+              f"load {os.getloadavg()[0]:.2f})")
+        _no_page_list(page)
+        _no_error(page)
+        assert "project=demo" in page.url
+    finally:
+        _stop(proc)
+
+    url, proc = _start(tmp_path / "home", log)  # same data, fresh server: first request /training
+    try:
+        _wait_healthy(url, proc, log)
+        page.goto(f"{url}/training")
+        page.get_by_role("heading", name="Training · demo").wait_for()
+        _no_page_list(page)
+        _no_error(page)
+        page.goto(f"{url}/datasets?project=metal%20plate")
+        page.get_by_text("There is no project named “metal plate”").wait_for()
+        _no_error(page)
+        assert page.get_by_role("heading", name=re.compile("Datasets ·")).count() == 0
+    finally:
+        _stop(proc)
+        print(f"--- streamlit log\n{log.read_text()[-3000:]}")
+
+
+def _add_project(home: Path, name: str, folder: Path) -> None:
+    """A small project made through the services, as another user or the CLI would."""
+    from services.context import Kensa
+    from services.data.projects import create_project
+    from tests.synthetic import make_mvtec
+
+    ctx = Kensa.create(home, f"sqlite:///{home / 'kensa.db'}")
+    try:
+        create_project(ctx, name, make_mvtec(folder, n_train=2, n_test_good=1, n_defect=1))
+    finally:
+        ctx.close()
+
+
+def test_demo_train_evaluate_save_threshold(browser_page, server: str, tmp_path: Path) -> None:
     page = browser_page
     timings: dict[str, float] = {}
 
@@ -212,15 +285,18 @@ def test_demo_train_evaluate_save_threshold(browser_page, server: str) -> None:
     _no_error(page)
     _shot(page, "evaluation")
 
-    # A reload straight onto a page URL keeps the router (sidebar project picker and all).
-    page.goto(f"{server}/evaluation")
+    # The project is in the URL; a reload keeps the router (sidebar picker and all) and it,
+    # even with a project that sorts before "demo" (a reload used to fall back to the first).
+    assert "project=demo" in page.url, page.url
+    _add_project(tmp_path / "home", "a first line", tmp_path / "first")
+    page.reload()
     page.get_by_role("heading", name="Evaluation · demo").wait_for()
     page.get_by_text(f"Threshold in use: {value:.4f} (manual)").wait_for()
     _no_error(page)
 
     # Home again: the status card now shows the model, its bank and the saved threshold.
     _nav(page, "Home")
-    page.get_by_text("Active model").wait_for()
+    page.get_by_text("Active model").first.wait_for()  # one card per project
     page.get_by_text(f"{value:.4f}").first.wait_for()
     _no_error(page)
     _shot(page, "home-trained")

@@ -106,10 +106,16 @@ def test_duplicates_are_never_picked_twice() -> None:
     assert {tuple(p) for p in features[idx[:3]].tolist()} == {(0, 0), (3, 4), (6, 8)}
 
 
-def test_thread_setting_is_restored() -> None:
+def test_sampler_leaves_process_wide_threads_alone() -> None:
+    """Thread counts are set once per worker process (engine.device), never by compute code
+    that may run inside the Streamlit server."""
     before = torch.get_num_threads()
-    GreedyCoresetSampler(size=5, num_threads=1, device="cpu").run(torch.randn(100, 3))
-    assert torch.get_num_threads() == before
+    torch.set_num_threads(2)
+    try:
+        GreedyCoresetSampler(size=5, device="cpu").run(torch.randn(100, 3))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_covering_radius_is_exact() -> None:
@@ -130,3 +136,25 @@ def test_cuda_matches_cpu_in_exact_mode() -> None:
     gpu = GreedyCoresetSampler(size=40, projection_dim=None, device="cuda").run(features)
     assert gpu.device.type == "cpu"
     assert covering_radius(features, gpu) == pytest.approx(covering_radius(features, cpu), rel=1e-4)
+
+
+def test_greedy_loop_reports_progress_and_stops_when_it_raises(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Jobs show the coreset's progress and cancel inside it (a long, silent loop before)."""
+    import engine.coreset as coreset
+
+    monkeypatch.setattr(coreset, "PROGRESS_EVERY_S", 0.0)
+    features = torch.randn(400, 16, generator=torch.Generator().manual_seed(0))
+    seen: list[float] = []
+    coreset.GreedyCoresetSampler(size=50).run(features, progress=seen.append)
+    assert len(seen) == 49 and seen == sorted(seen) and seen[0] > 0 and seen[-1] < 1
+
+    class Stop(Exception):
+        pass
+
+    def stop(fraction: float) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        coreset.GreedyCoresetSampler(size=50).run(features, progress=stop)

@@ -23,7 +23,7 @@ from engine.data import (
     sha256_file,
 )
 
-H, W = 24, 32
+H, W = 32, 40  # the smallest side a good training image may have is 32 px
 
 
 def _rgb(seed: int) -> np.ndarray:
@@ -123,7 +123,7 @@ def test_empty_file(tmp_path: Path) -> None:
 
 def test_corrupt_bytes_named_png(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"this is not a png" * 20)
-    with pytest.raises(ImageLoadError, match=r"bad\.png.*cannot decode"):
+    with pytest.raises(ImageLoadError, match=r"bad\.png.*not a PNG, JPEG, BMP or TIFF"):
         load_image(tmp_path / "bad.png")
 
 
@@ -145,12 +145,13 @@ def test_missing_file(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- load_mask
 
 
-def test_load_mask_nonzero_is_defect(tmp_path: Path) -> None:
+def test_load_mask_above_half_range_is_defect(tmp_path: Path) -> None:
     m = _mask()
-    m[0, 0] = 1  # any non-zero value counts
+    m[0, 0] = 1  # low values are background by the > 127 rule
+    m[0, 1] = 128
     out = load_mask(_save(tmp_path / "m.png", m))
     assert out.dtype == np.bool_ and out.shape == (H, W)
-    assert out.sum() == 5 * 7 + 1
+    assert out.sum() == 5 * 7 + 1 and out[0, 1] and not out[0, 0]
 
 
 def test_load_mask_rgb_and_size_check(tmp_path: Path) -> None:

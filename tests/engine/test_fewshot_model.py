@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine.metrics import image_metrics, pixel_metrics
-from engine.models import build_model
+from engine.models import registry
 from engine.models.fewshot import FewShotConfig, FewShotPatchCore
 from tests.synthetic import texture, with_defect
 
@@ -59,9 +59,10 @@ def test_bank_is_bounded_by_coreset(parts: dict[str, list]) -> None:
 
 
 def test_provenance_points_into_training_grids(fitted: FewShotPatchCore) -> None:
+    records = {r.id: r for r in fitted.records}
     prov = fitted.bank.provenance.cpu().numpy()
-    for image_id, row, col in prov[:: max(1, len(prov) // 50)]:
-        grid = fitted.state.images[image_id]
+    for record_id, row, col in prov[:: max(1, len(prov) // 50)]:
+        grid = records[int(record_id)]
         assert 0 <= row < grid.grid_height and 0 <= col < grid.grid_width
 
 
@@ -96,7 +97,7 @@ def test_config_rejects_unsafe_values() -> None:
 
 
 def test_anomalib_baseline_shares_the_interface(parts: dict[str, list]) -> None:
-    model = build_model("anomalib_patchcore")
+    model = registry.create("anomalib_patchcore")
     report = model.fit(parts["train"][:2])
     assert report.bank_size > 0
     result = model.score(parts["defects"][:2])

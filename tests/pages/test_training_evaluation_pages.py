@@ -1,5 +1,6 @@
-"""Training and Evaluation pages through AppTest, on stored rows (no model is trained here:
-the browser test in tests/e2e trains for real)."""
+"""Training and Evaluation pages through AppTest. Finished trainings come from a tiny real
+training made once per session (tests/trained.py); expected values are read from what it
+stored, so the tests follow the real scores instead of hand-written rows."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from streamlit.testing.v1 import AppTest
 import services.training.setup as train_setup
 from engine.models.fewshot import FewShotConfig
 from services.context import Kensa
+from services.evaluation.report import at_threshold, load_evaluation, review_band
 from services.training.project import list_model_versions
-from tests.pages.conftest import fake_training, open_app, texts
+from tests.pages.conftest import open_app, texts
+from tests.trained import stored_scores
 
-TRAINING = "pages/training.py"
-EVALUATION = "pages/evaluation.py"
+TRAINING = "app_pages/training.py"
+EVALUATION = "app_pages/evaluation.py"
 
 
 def _button(at: AppTest, label: str):
@@ -33,7 +36,7 @@ def _frame_with(at: AppTest, column: str) -> pd.DataFrame:
 def no_worker(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Record the runs the page hands to a worker instead of starting a process."""
     started: list[int] = []
-    monkeypatch.setattr(train_setup, "start_training_process",
+    monkeypatch.setattr(train_setup, "start_training_job",
                         lambda ctx, mv_id: started.append(mv_id))
     return started
 
@@ -103,7 +106,7 @@ def test_failed_start_is_a_plain_error(
     def boom(ctx: Kensa, mv_id: int) -> None:
         raise OSError("cannot start a process")
 
-    monkeypatch.setattr(train_setup, "start_training_process", boom)
+    monkeypatch.setattr(train_setup, "start_training_job", boom)
     at = open_app(TRAINING, "widgets")
     _button(at, "Train").click().run()
     assert not at.exception
@@ -111,16 +114,19 @@ def test_failed_start_is_a_plain_error(
     assert list_model_versions(ctx, "widgets")[0]["status"] == "cancelled"
 
 
-def test_history_shows_metrics_of_finished_runs(home: Path, ctx: Kensa, make_project) -> None:
-    make_project("widgets", n_train=3, n_test_good=2, n_defect=2)
-    mv = fake_training(ctx, "widgets")
+def test_history_shows_metrics_of_finished_runs(home: Path, trained: Kensa) -> None:
+    newest = list_model_versions(trained, "widgets")[0]
+    metrics = newest["metrics"]
     at = open_app(TRAINING, "widgets")
     history = _frame_with(at, "image AUROC")
+    assert len(history) == 2
     row = history.iloc[0]
-    assert row["version"] == f"v{mv}" and row["status"] == "done"
-    assert row["image AUROC"] == "0.950" and row["shots"] == "2" and row["threshold"] == "0.5000"
-    assert row["AUPRO"] == "0.700"
-    assert f"Latest model v{mv} is ready" in texts(at)
+    assert row["version"] == f"v{newest['id']}" and row["status"] == "done"
+    assert row["image AUROC"] == f"{metrics['image_auroc']:.3f}"
+    assert row["AUPRO"] == f"{metrics['aupro']:.3f}"
+    assert row["shots"] == str(len(metrics["shots"])) == "3"
+    assert row["threshold"] == f"{metrics['threshold']['value']:.4f}"
+    assert f"Latest model v{newest['id']} is ready" in texts(at)
 
 
 def test_evaluation_without_model_says_train_first(home: Path, make_project) -> None:
@@ -130,48 +136,61 @@ def test_evaluation_without_model_says_train_first(home: Path, make_project) -> 
     assert "There is no trained model to evaluate yet" in texts(at)
 
 
-def test_evaluation_threshold_slider_and_save(home: Path, ctx: Kensa, make_project) -> None:
-    make_project("widgets", n_train=3, n_test_good=4, n_defect=4)
-    scores = {"good_000.png": 0.1, "good_001.png": 0.2, "good_002.png": 0.3,
-              "good_003.png": 0.65, "spot_000.png": 0.5, "spot_001.png": 0.7,
-              "spot_002.png": 0.8, "spot_003.png": 0.9}
-    mv = fake_training(ctx, "widgets", scores, threshold=0.6)
+def _matrix(at: AppTest) -> pd.DataFrame:
+    return next(d.value for d in at.dataframe if "called defect" in d.value.columns)
+
+
+def test_evaluation_threshold_slider_and_save(home: Path, trained: Kensa) -> None:
+    newest = list_model_versions(trained, "widgets")[0]
+    mv = newest["id"]
+    scores = stored_scores(trained, "widgets", mv)
+    ev = load_evaluation(trained, "widgets", mv)
     at = open_app(EVALUATION, "widgets")
     assert not at.exception
     shown = texts(at)
     assert "Measured on **8 images the model did not learn from**: 4 good and 4 defect" in shown
     metrics = _frame_with(at, "metric").set_index("metric")["value"]
-    assert metrics["Image AUROC"] == "0.950" and metrics["AUPRO"] == "0.700"
-    matrix = at.dataframe[1].value
-    assert matrix.loc["actually good", "called defect"] == 1
-    assert matrix.loc["actually defect", "called good"] == 1
+    assert metrics["Image AUROC"] == f"{newest['metrics']['image_auroc']:.3f}"
+    # counts at the stored threshold, from the stored scores
+    goods = [v for label, v in scores.values() if label == "good"]
+    defects = [v for label, v in scores.values() if label == "defect"]
+    false_alarms = sum(v >= ev.threshold for v in goods)
+    missed = sum(v < ev.threshold for v in defects)
+    matrix = _matrix(at)
+    assert matrix.loc["actually good", "called defect"] == false_alarms
+    assert matrix.loc["actually defect", "called good"] == missed
     assert len(at.get("plotly_chart")) == 3  # histogram, ROC, PR
-    assert "Missed defects: 25%" in shown and "False alarms: 25%" in shown
-    band = _frame_with(at, "zone").set_index("zone")
-    assert band.loc["review", "images"] == 1
-    assert len(at.image) == 2  # one false alarm and one missed defect, with heatmaps
+    assert f"Missed defects: {missed / 4:.0%}" in shown
+    assert f"False alarms: {false_alarms / 4:.0%}" in shown
+    band = review_band(ev)
+    zones = _frame_with(at, "zone").set_index("zone")
+    assert zones.loc["review", "images"] == band["counts"]["review"]["images"]
+    assert sum(zones["images"]) == 8
+    assert len(at.image) == min(false_alarms, 4) + min(missed, 4)  # each error with its heatmap
 
-    at.slider(key=f"ev_thr_{mv}").set_value(0.45).run()
-    matrix = at.dataframe[1].value
-    assert matrix.loc["actually defect", "called good"] == 0
-    assert matrix.loc["actually good", "called defect"] == 1
+    # below the lowest defect score nothing is missed; the false alarms are every good above
+    lo, _, step = ev.slider_scale()
+    lowered = max(lo, round(min(defects) - step, 3))
+    at.slider(key=f"ev_thr_{mv}").set_value(lowered).run()
+    stats = at_threshold(ev, lowered)
+    assert stats["fn"] == 0
+    assert _matrix(at).loc["actually defect", "called good"] == 0
+    assert _matrix(at).loc["actually good", "called defect"] == sum(v >= lowered for v in goods)
     assert "Missed defects: 0%" in texts(at)
 
     _button(at, "Save threshold").click().run()
     assert not at.exception
-    assert "Saved: the threshold in use is now 0.4500" in texts(at)
+    assert f"Saved: the threshold in use is now {lowered:.4f}" in texts(at)
     history = _frame_with(at, "method")
-    assert history.iloc[0]["threshold"] == pytest.approx(0.45)
+    assert history.iloc[0]["threshold"] == pytest.approx(lowered)
     assert bool(history.iloc[0]["active"]) and history.iloc[0]["method"] == "manual"
     assert not bool(history.iloc[1]["active"])
-    assert "Threshold in use: **0.4500** (manual)" in texts(at)
+    assert f"Threshold in use: **{lowered:.4f}** (manual)" in texts(at)
 
 
 def test_evaluation_with_only_good_images_explains_what_is_missing(
-    home: Path, ctx: Kensa, make_project
+    home: Path, trained: Kensa
 ) -> None:
-    make_project("goods", n_train=3, n_test_good=3, n_defect=0)
-    fake_training(ctx, "goods", metrics={})
     at = open_app(EVALUATION, "goods")
     assert not at.exception
     shown = texts(at)
@@ -180,12 +199,10 @@ def test_evaluation_with_only_good_images_explains_what_is_missing(
     assert len(at.get("plotly_chart")) == 1  # the histogram only
 
 
-def test_older_model_cannot_save(home: Path, ctx: Kensa, make_project) -> None:
-    make_project("widgets", n_train=3, n_test_good=2, n_defect=2)
-    old = fake_training(ctx, "widgets")
-    fake_training(ctx, "widgets")
+def test_older_model_cannot_save(home: Path, trained: Kensa) -> None:
+    older = list_model_versions(trained, "widgets")[-1]["id"]
     at = open_app(EVALUATION, "widgets")
-    at.selectbox(key="ev_model").set_value(old).run()
+    at.selectbox(key="ev_model").set_value(older).run()
     assert not at.exception
     assert not [b for b in at.button if b.label == "Save threshold"]
     assert "Only the newest model's threshold can be saved" in texts(at)

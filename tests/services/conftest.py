@@ -44,6 +44,13 @@ def single_threaded_torch() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def no_local_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Submitted jobs wait for the workers a test starts itself, never for one spawned on the
+    side (it would outlive the test and take jobs meant for the test's own workers)."""
+    monkeypatch.setenv("KENSA_LOCAL_WORKER", "0")
+
+
 @pytest.fixture(scope="session")
 def dataset_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """6 good training images, 3 good and 3 defect test images with masks (MVTec layout)."""

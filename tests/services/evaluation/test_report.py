@@ -1,6 +1,11 @@
-"""services.evaluation.report on stored rows: labels by sha256, counts, worst errors, saving."""
+"""services.evaluation.report on what a real tiny training stored: labels by sha256, counts,
+worst errors, saving. The trained projects come from tests/trained.py (built once per session,
+copied per test); expected values are computed from the stored scores, not hand-picked."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,72 +25,111 @@ from services.evaluation.report import (
     worst_errors,
 )
 from services.inference.batches import validation_batch_name
-from tests.pages.conftest import fake_training
+from services.training.project import list_model_versions
+from tests.trained import build_template, copy_home, stored_scores
 
-# good_000..good_003 and spot_000..spot_003 (make_mvtec names); an overlap on purpose:
-# good_003 scores above spot_000.
-SCORES = {"good_000.png": 0.10, "good_001.png": 0.20, "good_002.png": 0.30,
-          "good_003.png": 0.65, "spot_000.png": 0.50, "spot_001.png": 0.70,
-          "spot_002.png": 0.80, "spot_003.png": 0.90}
+
+@pytest.fixture(scope="module")
+def trained_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_template(tmp_path_factory.mktemp("trained"))
 
 
 @pytest.fixture
-def evaluated(ctx: Kensa, make_project) -> int:
-    make_project("widgets", n_train=3, n_test_good=4, n_defect=4)
-    return fake_training(ctx, "widgets", SCORES, threshold=0.6)
+def ctx(trained_template: Path, tmp_path: Path) -> Iterator[Kensa]:
+    """A copy of the trained template (SQLite only: these tests are about the report, the
+    database dialects are covered by tests/db and the other service tests)."""
+    home = copy_home(trained_template, tmp_path / "home")
+    context = Kensa.create(home, f"sqlite:///{home / 'kensa.db'}")
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def evaluated(ctx: Kensa) -> int:
+    """The model version in use on "widgets" (4 good and 4 defect held-out images)."""
+    return list_model_versions(ctx, "widgets")[0]["id"]
+
+
+def _split(ctx: Kensa, mv: int) -> tuple[dict[str, float], dict[str, float]]:
+    scores = stored_scores(ctx, "widgets", mv)
+    goods = {n: v for n, (label, v) in scores.items() if label == "good"}
+    defects = {n: v for n, (label, v) in scores.items() if label == "defect"}
+    return goods, defects
 
 
 def test_load_joins_labels_by_sha_and_reads_threshold(ctx: Kensa, evaluated: int) -> None:
     ev = load_evaluation(ctx, "widgets", evaluated)
-    assert (ev.n_good, ev.n_defect) == (4, 4)
+    goods, defects = _split(ctx, evaluated)
+    assert (ev.n_good, ev.n_defect) == (len(goods), len(defects)) == (4, 4)
     by_name = {r.name: (r.label, r.score) for r in ev.images}
-    assert by_name["good_003.png"] == (0, 0.65) and by_name["spot_000.png"] == (1, 0.50)
-    assert ev.threshold == 0.6 and ev.threshold_method == "f1_optimal"
+    assert by_name == {**{n: (0, v) for n, v in goods.items()},
+                       **{n: (1, v) for n, v in defects.items()}}
+    stored = list_model_versions(ctx, "widgets")[0]["metrics"]
+    assert ev.threshold == pytest.approx(stored["threshold"]["value"])
+    assert ev.threshold_method == stored["threshold"]["method"]
     assert ev.is_active and ev.unmatched == 0
-    assert [m["value"] for m in ev.metrics] == ["0.950", "0.900", "0.850", "0.800", "0.700"]
+    assert ev.metrics[0]["value"] == f"{stored['image_auroc']:.3f}"
     lo, hi, step = ev.slider_scale()
-    assert (lo, hi, step) == (0.084, 0.916, 0.001)
+    assert step > 0 and lo <= min(ev.scores) and max(ev.scores) <= hi
+    assert lo <= ev.threshold <= hi
 
 
 def test_counts_follow_the_threshold(ctx: Kensa, evaluated: int) -> None:
     ev = load_evaluation(ctx, "widgets", evaluated)
-    at = at_threshold(ev, 0.6)
-    assert (at["tp"], at["fp"], at["tn"], at["fn"]) == (3, 1, 3, 1)
-    assert at["missed_defects"] == pytest.approx(0.25)
-    assert at["false_alarms"] == pytest.approx(0.25)
-    high = at_threshold(ev, 0.95)
+    goods, defects = _split(ctx, evaluated)
+    for t in sorted({ev.threshold, *goods.values(), *defects.values()}):
+        at = at_threshold(ev, t)
+        fp = sum(v >= t for v in goods.values())
+        tp = sum(v >= t for v in defects.values())
+        assert (at["tp"], at["fp"], at["tn"], at["fn"]) == (tp, fp, 4 - fp, 4 - tp), t
+        assert at["missed_defects"] == pytest.approx((4 - tp) / 4)
+        assert at["false_alarms"] == pytest.approx(fp / 4)
+    high = at_threshold(ev, max(ev.scores) + 1)
     assert (high["tp"], high["fp"], high["precision"]) == (0, 0, None)
 
 
 def test_worst_errors_come_first(ctx: Kensa, evaluated: int) -> None:
     ev = load_evaluation(ctx, "widgets", evaluated)
-    fps, fns = worst_errors(ev, 0.25)
-    assert [r.name for r in fps] == ["good_003.png", "good_002.png"]
-    assert fns == []
-    fps, fns = worst_errors(ev, 0.75)
-    assert fps == [] and [r.name for r in fns] == ["spot_000.png", "spot_001.png"]
+    goods, defects = _split(ctx, evaluated)
+    # a threshold between the goods: the goods above it are false alarms, highest first
+    t = float(np.median(list(goods.values())))
+    fps, fns = worst_errors(ev, t)
+    expected = sorted((n for n, v in goods.items() if v >= t), key=lambda n: -goods[n])
+    assert [r.name for r in fps] == expected and len(expected) >= 2
+    assert [r.name for r in fns] == sorted((n for n, v in defects.items() if v < t),
+                                           key=lambda n: defects[n])
+    # above every score: every defect is missed, lowest first, at most four shown
+    fps, fns = worst_errors(ev, max(ev.scores) + 1)
+    assert [r.name for r in fns] == sorted(defects, key=lambda n: defects[n])[:4]
     assert all(r.heatmap_path for r in fns)
 
 
-def test_review_band_brackets_the_overlap(ctx: Kensa, evaluated: int) -> None:
+def test_review_band_brackets_the_uncertain_scores(ctx: Kensa, evaluated: int) -> None:
     band = review_band(load_evaluation(ctx, "widgets", evaluated))
-    assert (band["low"], band["high"]) == (0.50, 0.65)
-    counts = band["counts"]
-    assert counts["good"] == {"images": 3, "good": 3, "defect": 0}
-    # engine.thresholds.ReviewBand: score >= high is "sure defect", so the top good is there
-    assert counts["review"] == {"images": 1, "good": 0, "defect": 1}
-    assert counts["defect"] == {"images": 4, "good": 1, "defect": 3}
-    assert band["overlap"]
-    assert (band["low_is"], band["high_is"]) == ("the lowest defect score",
-                                                 "the highest good score")
+    goods, defects = _split(ctx, evaluated)
+    top_good, low_defect = max(goods.values()), min(defects.values())
+    overlap = top_good >= low_defect
+    assert band["overlap"] == overlap
+    assert (band["low"], band["high"]) == pytest.approx(
+        (low_defect, top_good) if overlap else (top_good, low_defect))
+    assert band["low_is"] == ("the lowest defect score" if overlap else "the highest good score")
+    # engine.thresholds.ReviewBand: below low is "sure good", from high up "sure defect"
+    everything = [*(("good", v) for v in goods.values()),
+                  *(("defect", v) for v in defects.values())]
+    for zone, inside in (("good", lambda v: v < band["low"]),
+                         ("review", lambda v: band["low"] <= v < band["high"]),
+                         ("defect", lambda v: v >= band["high"])):
+        counts = band["counts"][zone]
+        assert counts["good"] == sum(lab == "good" and inside(v) for lab, v in everything)
+        assert counts["defect"] == sum(lab == "defect" and inside(v) for lab, v in everything)
+        assert counts["images"] == counts["good"] + counts["defect"]
 
 
-def test_curves_need_both_classes(ctx: Kensa, make_project) -> None:
-    make_project("goods", n_train=3, n_test_good=3, n_defect=0)
-    mv = fake_training(ctx, "goods", threshold=0.5)
+def test_curves_need_both_classes(ctx: Kensa) -> None:
+    mv = list_model_versions(ctx, "goods")[0]["id"]
     ev = load_evaluation(ctx, "goods", mv)
     assert not ev.has_both and roc_pr(ev) is None and review_band(ev) is None
-    assert at_threshold(ev, 0.5)["missed_defects"] is None
+    assert at_threshold(ev, ev.threshold)["missed_defects"] is None
 
 
 def test_curves_are_computed(ctx: Kensa, evaluated: int) -> None:
@@ -95,34 +139,37 @@ def test_curves_are_computed(ctx: Kensa, evaluated: int) -> None:
 
 
 def test_prediction_of_a_removed_image_is_counted_not_guessed(ctx: Kensa, evaluated: int) -> None:
+    top = max(load_evaluation(ctx, "widgets", evaluated).scores)
     with ctx.session() as s:
         project = repo.get_project_by_name(s, "widgets")
         batch = repo.get_batch_by_name(s, project.id, validation_batch_name(evaluated))
-        bank = repo.get_active_bank_version(s, evaluated)
+        bank = repo.get_active_state_version(s, evaluated)
         repo.add_predictions(s, batch.id, [{
-            "image_sha256": "f" * 64, "image_path": "/gone.png", "raw_score": 9.0,
-            "verdict": "defect", "bank_version_id": bank.id,
+            "image_sha256": "f" * 64, "image_path": "/gone.png", "raw_score": top + 9.0,
+            "verdict": "defect", "state_version_id": bank.id,
         }])
     ev = load_evaluation(ctx, "widgets", evaluated)
-    assert ev.unmatched == 1 and len(ev.images) == 8 and float(np.max(ev.scores)) == 0.9
+    assert ev.unmatched == 1 and len(ev.images) == 8
+    assert float(np.max(ev.scores)) == pytest.approx(top)
 
 
 def test_save_threshold_adds_a_row_and_keeps_history(ctx: Kensa, evaluated: int) -> None:
+    before = load_evaluation(ctx, "widgets", evaluated)
     row = save_threshold(ctx, "widgets", evaluated, 0.55)
     assert row["raw_value"] == 0.55 and row["active"]
     history = threshold_history(ctx, "widgets", evaluated)
     assert [(h["threshold"], h["active"], h["method"]) for h in history] == [
-        (0.55, True, "manual"), (0.6, False, "f1_optimal")]
+        (0.55, True, "manual"), (pytest.approx(before.threshold), False, before.threshold_method)]
     assert load_evaluation(ctx, "widgets", evaluated).threshold == 0.55
 
 
 def test_only_the_model_in_use_gets_a_threshold(ctx: Kensa, evaluated: int) -> None:
-    newer = fake_training(ctx, "widgets", SCORES, threshold=0.7)
+    older = list_model_versions(ctx, "widgets")[-1]["id"]
     versions = evaluable_versions(ctx, "widgets")
-    assert [v["id"] for v in versions] == [newer, evaluated]
+    assert [v["id"] for v in versions] == [evaluated, older]
     assert versions[0]["active"] and "in use" in versions[0]["label"]
     with pytest.raises(ValueError, match="not the model in use"):
-        save_threshold(ctx, "widgets", evaluated, 0.5)
+        save_threshold(ctx, "widgets", older, 0.5)
 
 
 def test_unknown_version_is_refused(ctx: Kensa, evaluated: int) -> None:
@@ -139,12 +186,3 @@ def test_heatmap_overlay_is_cached(ctx: Kensa, evaluated: int) -> None:
     assert heatmap_overlay(ctx.home, item.path, item.heatmap_path) == data
     assert heatmap_overlay(ctx.home, item.path, None) is None
     assert heatmap_overlay(ctx.home, item.path, "/missing.png") is None
-
-
-def test_review_band_of_separated_scores_names_its_edges(ctx: Kensa, make_project) -> None:
-    make_project("clean", n_train=3, n_test_good=2, n_defect=2)
-    scores = {"good_000.png": 0.1, "good_001.png": 0.3, "spot_000.png": 0.6, "spot_001.png": 0.9}
-    band = review_band(load_evaluation(ctx, "clean", fake_training(ctx, "clean", scores)))
-    assert (band["low"], band["high"], band["overlap"]) == (0.3, 0.6, False)
-    assert band["low_is"] == "the highest good score"
-    assert band["counts"]["review"] == {"images": 1, "good": 1, "defect": 0}

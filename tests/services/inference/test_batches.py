@@ -27,13 +27,13 @@ def test_batch_has_one_prediction_per_image(
         batch = repo.get_batch(s, result.batch_id)
         preds = repo.list_predictions(s, result.batch_id)
         threshold = repo.get_active_threshold_for_model(s, trained["id"])
-        bank = repo.get_active_bank_version(s, trained["id"])
+        bank = repo.get_active_state_version(s, trained["id"])
     assert batch.source == str(folder.resolve()) and batch.finished_at is not None
     assert len(preds) == 6 and {p.image_path for p in preds} == {
         str(p) for p in folder.rglob("*.png")
     }
     for p in preds:
-        assert p.bank_version_id == bank.id and p.threshold_id == threshold.id
+        assert p.state_version_id == bank.id and p.threshold_id == threshold.id
         assert p.verdict == ("defect" if p.raw_score >= threshold.raw_value else "good")
         assert 0 <= p.normalized_score <= 1 and 0.5 <= p.confidence <= 1
         assert ctx.resolve(p.heatmap_path) == (

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from engine.data import discover
+from engine.data import discover, sha256_file
 from services import cli
 from services.training.fit import TrainingInputError, split_records, train_model
 from tests.synthetic import make_mvtec, texture, write_png
@@ -88,3 +88,22 @@ def test_cli_train_and_score_run_folder(tmp_path: Path, capsys: pytest.CaptureFi
 def test_cli_score_names_a_missing_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["--quiet", "score", "--run", str(tmp_path / "nope"), str(tmp_path)]) == 2
     assert "not a training run" in capsys.readouterr().err
+
+
+def test_run_folder_keeps_provenance_and_verifies_model_json(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = make_mvtec(tmp_path / "d", n_train=5, n_test_good=2, n_defect=2)
+    run = tmp_path / "run"
+    assert cli.main(["--json", "--quiet", "train", "--data", str(root), "--out", str(run),
+                     "--shots", "2", "--set", "image_size=96", "--set", "views=none"]) == 0
+    capsys.readouterr()
+    payload = json.loads((run / "model.json").read_text())
+    records = payload["records"]
+    assert [r["id"] for r in records] == [0, 1]  # no database: ids from 0, one per shot
+    shots = json.loads((run / "run.json").read_text())["train_images"]
+    assert [r["path"] for r in records] == shots and len(set(shots)) == 2
+    assert all(r["sha256"] == sha256_file(r["path"]) for r in records)
+    payload["config"]["blur_sigma"] = 0.0
+    (run / "model.json").write_text(json.dumps(payload))
+    assert cli.main(["--quiet", "score", "--run", str(run), str(root / "test")]) != 0
+    assert "model.json failed its integrity check" in capsys.readouterr().err

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages.common import DATASETS_PAGE, EVALUATION_PAGE, context, need_project, route_through_app
 from services.training.setup import (
     IMAGE_SIZE_RANGE,
     IMAGE_SIZE_STEP,
@@ -18,8 +17,8 @@ from services.training.setup import (
     start_training,
     training_setup,
 )
+from ui.common import DATASETS_PAGE, EVALUATION_PAGE, context, need_project, with_project
 
-route_through_app()
 ctx = context()
 name = need_project()
 if name is None:
@@ -34,7 +33,7 @@ if not setup.can_train:
         "like, so it needs at least one image in train/good/ (or good/)."
     )
     st.page_link(DATASETS_PAGE, label="Add images on the Datasets page",
-                 icon=":material/photo_library:")
+                 icon=":material/photo_library:", query_params=with_project(name))
     st.stop()
 
 # --------------------------------------------------------------------------- recommendation
@@ -122,21 +121,24 @@ def _live(watched: tuple[int, ...]) -> None:
         with st.container(border=True):
             stage = run["stage"] or ("waiting for the worker" if run["status"] == "queued"
                                      else "starting")
-            st.markdown(f"**Training v{run['id']}** — {run['status']}")
+            retry = (f" (try {run['attempts']})" if run.get("attempts", 0) > 1 else "")
+            st.markdown(f"**Training v{run['id']}** — {run['status']}{retry}")
+            if run.get("cancel_requested"):
+                st.caption("Cancel requested: the worker stops at its next step.")
             st.progress(min(max(float(run["progress"]), 0.0), 1.0),
                         text=f"{stage} · {run['progress']:.0%}")
             if run["waiting_s"] > STUCK_QUEUED_S:
                 st.warning(
-                    f"The background worker has not started after {run['waiting_s']:.0f} s. "
-                    "It may have failed to start (its log is worker.log in the model's folder "
-                    "under the Kensa data folder). Cancel and try again."
+                    f"The background worker has not started after {run['waiting_s']:.0f} s: "
+                    "it may have failed to start (its log is jobs/worker.log under the Kensa "
+                    "data folder), or all workers are busy. Cancel and try again."
                 )
             if run["silent_s"] > STUCK_RUNNING_S:
                 st.warning(
-                    f"No progress from the background worker for {run['silent_s'] / 60:.0f} "
-                    "min: it has probably stopped (for example, out of memory). Its log is "
-                    "worker.log in the model's folder under the Kensa data folder. Cancel this "
-                    "run and train again."
+                    f"No sign of life from the background worker for "
+                    f"{run['silent_s'] / 60:.0f} min: it has probably stopped (for example, "
+                    "out of memory) and the run will be marked failed. Its log is "
+                    "jobs/worker.log under the Kensa data folder."
                 )
             if st.button("Cancel", key=f"cancel-{run['id']}", icon=":material/stop:"):
                 cancel(ctx, run["id"])
@@ -152,7 +154,7 @@ def _live(watched: tuple[int, ...]) -> None:
     if latest["status"] == "done":
         st.success(f"Latest model {latest['version']} is ready.")
         st.page_link(EVALUATION_PAGE, label="See how well it works on the Evaluation page",
-                     icon=":material/analytics:")
+                     icon=":material/analytics:", query_params=with_project(name))
     elif latest["status"] == "failed":
         st.error(f"Training {latest['version']} failed: {latest['note'] or 'no details'}")
     st.dataframe(

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import DATASETS_PAGE, current_project, route_through_app
-from pages.import_form import new_project_form
+from ui.common import DATASETS_PAGE, current_project, with_project
+from ui.import_form import new_project_form
 
-route_through_app()
 new_project_form()
 if current_project() is not None:
     st.page_link(DATASETS_PAGE, label="Cancel: back to the current project",
-                 icon=":material/arrow_back:")
+                 icon=":material/arrow_back:", query_params=with_project(current_project()))

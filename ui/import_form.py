@@ -1,6 +1,8 @@
 """The import forms (zip upload or server folder) shared by the New project and Datasets pages.
 
-Not a page: app.py registers pages explicitly. Widgets and one service call only.
+Not a page: app.py registers pages explicitly. Widgets and service calls only. An import is
+a job (``services.jobs``): the copy and the hashing run in a worker, never in this script's
+thread; the form shows the job's stage and progress until it ends.
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ from typing import Any
 
 import streamlit as st
 
-from pages.common import DATASETS_PAGE, context, open_project
-from services.data.imports import ImportRefused, import_data
+from services.data.imports import ImportRefused, start_import_job
+from services.jobs.api import cancel as cancel_job
+from services.jobs.api import get_job
+from ui.common import DATASETS_PAGE, context, open_project
 
 LAST_IMPORT = "_last_import"
+IMPORT_JOB = "_import_job"
 GALLERY_PAGE_KEY = "ds_page"
 
 MVTEC_LAYOUT = """my_part/
@@ -42,21 +47,57 @@ def layout_help() -> None:
 
 def _run_import(project: str, create: bool, zip_file: Any = None,
                 folder: str | None = None) -> None:
-    """Import, remember the outcome for the Datasets page, and open the project there."""
+    """Submit the import job; the panel below follows it."""
     try:
-        with st.spinner("Importing and checking every image…"):
-            result = import_data(context(), project, zip_file=zip_file, folder=folder,
-                                 create=create)
-    except (ImportRefused, ValueError) as exc:
+        st.session_state[IMPORT_JOB] = start_import_job(
+            context(), project, zip_file=zip_file, folder=folder, create=create)
+    except (ImportRefused, ValueError, RuntimeError) as exc:
         st.error(f"Nothing was imported: {exc}")
         return
-    st.session_state[LAST_IMPORT] = result
-    st.session_state[GALLERY_PAGE_KEY] = 1
-    open_project(result.project, DATASETS_PAGE)
+    st.rerun()  # draw the job's panel (and follow it) at once
+
+
+def _import_panel() -> None:
+    """Stage and progress of the running import, redrawn every second from its job row."""
+    job_id = st.session_state.get(IMPORT_JOB)
+    if job_id is None:
+        return
+    try:
+        job = get_job(context(), job_id)
+    except LookupError:
+        del st.session_state[IMPORT_JOB]
+        return
+    if job["status"] == "done":
+        del st.session_state[IMPORT_JOB]
+        st.session_state[LAST_IMPORT] = job["result"]
+        st.session_state[GALLERY_PAGE_KEY] = 1
+        open_project(job["result"]["project"], DATASETS_PAGE)
+        return
+    if job["status"] in ("failed", "cancelled"):
+        what = "cancelled" if job["status"] == "cancelled" else job["error"]
+        st.error(f"Nothing was imported: {what}")
+        if st.button("Dismiss", key="dismiss-import-job"):
+            del st.session_state[IMPORT_JOB]
+            st.rerun()
+        return
+    with st.container(border=True):
+        stage = job["stage"] or "waiting for the worker"
+        st.progress(min(max(float(job["progress"]), 0.0), 1.0),
+                    text=f"Importing {job['payload'].get('name', '')}: {stage} · "
+                         f"{job['progress']:.0%}")
+        if st.button("Cancel import", key="cancel-import", icon=":material/stop:"):
+            cancel_job(context(), job_id)
+
+
+def import_progress() -> None:
+    """The import job's panel; polls while a job runs (a reload keeps following it)."""
+    running = st.session_state.get(IMPORT_JOB) is not None
+    st.fragment(_import_panel, run_every=1.0 if running else None)()
 
 
 def import_forms(project: str | None, create: bool) -> None:
     """Two tabs: upload a zip, or name a folder on the server. ``create`` asks for a name."""
+    import_progress()
     zip_tab, folder_tab = st.tabs(["Upload a zip file", "Folder on this server"])
     with zip_tab, st.form("zip-import", border=False):
         new_name = st.text_input("Project name", key="zip-name") if create else project

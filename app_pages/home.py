@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import (
+from services.data.demo import ATTRIBUTION, DEMO_NAME
+from services.data.projects import list_projects, project_status
+from ui.common import (
     DATASETS_PAGE,
     EVALUATION_PAGE,
     TRAINING_PAGE,
     context,
     fmt,
     open_project,
-    route_through_app,
 )
-from services.data.demo import ATTRIBUTION, DEMO_NAME
-from services.data.projects import list_projects, project_status
-from services.inference.batches import VALIDATION_PREFIX
 
-route_through_app()
 ctx = context()
 st.title("Kensa")
 st.markdown(
@@ -74,10 +71,12 @@ for project in projects:
             notes.append(f"Training v{run['id']} is {run['status']}: {run['stage'] or 'waiting'} "
                          f"({run['progress']:.0%}).")
         if last is not None:
-            what = ("held-out images scored when the model was trained"
-                    if last["name"].startswith(VALIDATION_PREFIX) else "images")
-            notes.append(f"Last batch: **{last['name']}** — {last['predictions']} {what}: "
-                         f"{last['defect']} called defect, {last['good']} good "
+            n = last["predictions"]
+            # a validation batch's name (validation-m<id>) means nothing to a user
+            what = (f"Check at training: {n} held-out images scored"
+                    if last["source"] == "validation"
+                    else f"Last batch: **{last['name']}** — {n} images")
+            notes.append(f"{what}: {last['defect']} called defect, {last['good']} good "
                          f"({last['started_at']:%Y-%m-%d %H:%M} UTC).")
         if status["problems"]:
             notes.append(f"{status['problems']} file problem(s) found on import — see Datasets.")

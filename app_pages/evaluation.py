@@ -6,7 +6,6 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages.common import TRAINING_PAGE, context, fmt, need_project, route_through_app
 from services.data.gallery import thumbnail
 from services.evaluation.report import (
     NothingToEvaluate,
@@ -20,12 +19,12 @@ from services.evaluation.report import (
     threshold_history,
     worst_errors,
 )
+from ui.common import TRAINING_PAGE, context, fmt, need_project, with_project
 
 GOOD_COLOUR = "#2E8B57"
 DEFECT_COLOUR = "#C0392B"
 LINE_COLOUR = "#1F2A30"
 
-route_through_app()
 ctx = context()
 name = need_project()
 if name is None:
@@ -36,7 +35,8 @@ versions = evaluable_versions(ctx, name)
 if not versions:
     st.info("There is no trained model to evaluate yet. Train one first: it takes about a "
             "minute for a few dozen images.")
-    st.page_link(TRAINING_PAGE, label="Go to Training", icon=":material/model_training:")
+    st.page_link(TRAINING_PAGE, label="Go to Training", icon=":material/model_training:",
+                 query_params=with_project(name))
     st.stop()
 
 labels = {v["id"]: v["label"] for v in versions}

@@ -7,8 +7,6 @@ import math
 import pandas as pd
 import streamlit as st
 
-from pages.common import context, current_project, route_through_app
-from pages.import_form import GALLERY_PAGE_KEY, LAST_IMPORT, import_forms, new_project_form
 from services.data.gallery import (
     PREVIEW_SIDE,
     dataset_overview,
@@ -17,39 +15,41 @@ from services.data.gallery import (
     thumbnail,
 )
 from services.data.imports import rescan
+from ui.common import context, current_project, unknown_project
+from ui.import_form import GALLERY_PAGE_KEY, LAST_IMPORT, import_forms, new_project_form
 
 PER_PAGE = 24
 COLUMNS = 6
 PAGE_KEY = GALLERY_PAGE_KEY
 ALL = "All"
 
-route_through_app()
 ctx = context()
 name = current_project()
 if name is None:  # nothing to show yet: the first project is made here
-    new_project_form()
+    if unknown_project() is None:  # else the router already said the name is unknown
+        new_project_form()
     st.stop()
 
 
 def _show_last_import() -> None:
-    result = st.session_state.get(LAST_IMPORT)
-    if result is None or result.project != name:
+    result = st.session_state.get(LAST_IMPORT)  # an import job's result (a dict)
+    if result is None or result["project"] != name:
         return
-    files = result.files
     with st.container(border=True):
         st.success(
-            f"Imported into **{result.project}**: {len(files.imported)} file(s) copied, "
-            f"{len(files.unchanged)} already there; {result.added} new image(s) in the "
-            f"project ({result.found} usable in total)."
+            f"Imported into **{result['project']}**: {result['imported']} file(s) copied, "
+            f"{result['unchanged']} already there; {result['added']} new image(s) in the "
+            f"project ({result['found']} usable in total)."
         )
-        if files.rejected:
-            st.warning(f"{len(files.rejected)} file(s) were not imported:")
+        if result["rejected"]:
+            st.warning(f"{len(result['rejected'])} file(s) were not imported:")
             st.dataframe(
-                pd.DataFrame([{"file": r.name, "reason": r.reason} for r in files.rejected]),
+                pd.DataFrame([{"file": r["name"], "reason": r["reason"]}
+                              for r in result["rejected"]]),
                 hide_index=True, width="stretch",
             )
-        if result.problems:
-            st.warning(f"{len(result.problems)} file(s) have problems: see the validation "
+        if result["problems"]:
+            st.warning(f"{len(result['problems'])} file(s) have problems: see the validation "
                        "report below.")
         if st.button("Dismiss", key="dismiss-import"):
             del st.session_state[LAST_IMPORT]
@@ -105,7 +105,7 @@ with st.expander("Add images", expanded=overview.total == 0):
     if st.button("Re-scan the project folder",
                  help="Pick up images copied into the folder by hand, and check them again."):
         with st.spinner("Checking every image…"):
-            st.session_state[LAST_IMPORT] = rescan(ctx, name)
+            st.session_state[LAST_IMPORT] = rescan(ctx, name).as_dict()
         st.rerun()
 
 if overview.total == 0:
@@ -159,7 +159,8 @@ else:
     # ----------------------------------------------------------------------- detail
     st.subheader("Image details", anchor=False)
     by_id = {item.id: item for item in items}
-    chosen = st.selectbox("Image on this page", list(by_id), key="ds_detail",
+    # keyed per project: a choice from another project's gallery is not an id on this one
+    chosen = st.selectbox("Image on this page", list(by_id), key=f"ds_detail_{name}",
                           format_func=lambda i: by_id[i].name)
     item = by_id[chosen]
     pic, meta = st.columns([3, 2])
