@@ -17,11 +17,13 @@ from services.data.projects import list_projects
 from ui.common import (
     DATASETS_PAGE,
     EVALUATION_PAGE,
+    LOTS_PAGE,
     NEW_PROJECT_PAGE,
     PROJECT_KEY,
     TRAINING_PAGE,
     choose_project,
     context,
+    plain,
     resolve_project,
     unknown_project,
     with_project,
@@ -59,7 +61,7 @@ def _sidebar(ctx: Kensa) -> None:
             st.switch_page(NEW_PROJECT_PAGE, query_params=with_project(chosen))
     missing = unknown_project()
     if missing is not None:
-        st.warning(f"There is no project named “{missing}” (the link may be old, or the "
+        st.warning(f"There is no project named “{plain(missing)}” (the link may be old, or the "
                    "project was renamed). Choose a project in the sidebar.",
                    icon=":material/search_off:")
 
@@ -74,7 +76,7 @@ ctx = context()
 try:
     _bootstrap(str(ctx.home))
 except Exception as exc:  # noqa: BLE001 - a broken demo must never keep the app from opening
-    st.sidebar.warning(f"The demo project could not be created: {exc}")
+    st.sidebar.warning(f"The demo project could not be created: {plain(exc)}")
 
 navigation = st.navigation(
     {
@@ -90,8 +92,10 @@ navigation = st.navigation(
                     url_path="training"),
             st.Page(EVALUATION_PAGE, title="Evaluation", icon=":material/analytics:",
                     url_path="evaluation"),
-            # Part 2 adds here, in this order: "augmentation" (after Datasets),
-            # "explainability" and "drift" (after Evaluation).
+            st.Page(LOTS_PAGE, title="Production lots", icon=":material/fact_check:",
+                    url_path="lots"),
+            # Still to come, in the order a user works: "augmentation" after Datasets,
+            # "explainability" after Evaluation, "drift" after Production lots.
         ],
     }
 )

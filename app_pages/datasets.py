@@ -9,13 +9,14 @@ import streamlit as st
 
 from services.data.gallery import (
     PREVIEW_SIDE,
+    GalleryItem,
     dataset_overview,
     gallery_page,
     image_detail,
     thumbnail,
 )
 from services.data.imports import rescan
-from ui.common import context, current_project, unknown_project
+from ui.common import context, current_project, plain, unknown_project
 from ui.import_form import GALLERY_PAGE_KEY, LAST_IMPORT, import_forms, new_project_form
 
 PER_PAGE = 24
@@ -37,7 +38,8 @@ def _show_last_import() -> None:
         return
     with st.container(border=True):
         st.success(
-            f"Imported into **{result['project']}**: {result['imported']} file(s) copied, "
+            f"Imported into **{plain(result['project'])}**: {result['imported']} file(s) "
+            f"copied, "
             f"{result['unchanged']} already there; {result['added']} new image(s) in the "
             f"project ({result['found']} usable in total)."
         )
@@ -58,8 +60,7 @@ def _show_last_import() -> None:
 
 # --------------------------------------------------------------------------- overview
 overview = dataset_overview(ctx, name)
-st.title(f"Datasets · {name}")
-st.caption(f"Images are read from {overview.data_root}")
+st.title(f"Datasets · {plain(name)}")
 _show_last_import()
 
 if overview.total == 0:
@@ -102,6 +103,7 @@ with st.expander(f"Validation report ({len(overview.problems)} problem(s))",
 
 with st.expander("Add images", expanded=overview.total == 0):
     import_forms(name, create=False)
+    st.caption(f"The project's folder on the server: {plain(overview.data_root)}")
     if st.button("Re-scan the project folder",
                  help="Pick up images copied into the folder by hand, and check them again."):
         with st.spinner("Checking every image…"):
@@ -115,17 +117,46 @@ if overview.total == 0:
 st.subheader("Gallery", anchor=False)
 
 
+SPLIT_KEY, LABEL_KEY, TYPE_KEY = (f"ds_split_{name}", f"ds_label_{name}",
+                                  f"ds_type_{name}")  # per project: choices differ
+
+
 def _reset_page() -> None:
     st.session_state[PAGE_KEY] = 1
 
 
+def _label_changed() -> None:
+    """Defect type depends on label: a type kept from "defect" would match nothing."""
+    st.session_state[TYPE_KEY] = ALL
+    _reset_page()
+
+
+@st.dialog("Image details", width="large")
+def _details(item: GalleryItem, masks: bool) -> None:
+    pic, meta = st.columns([3, 2])
+    preview = thumbnail(ctx.home, item.path, item.mask_path, masks, side=PREVIEW_SIDE,
+                        square=False)
+    if preview is None:
+        pic.error("This file cannot be opened as an image.")
+    else:
+        pic.image(preview, caption=plain(item.title) + (" (mask outlined in yellow)"
+                                                 if masks and item.mask_path else ""))
+    detail = image_detail(item)
+    meta.dataframe(pd.DataFrame({"detail": list(detail), "value": list(detail.values())}),
+                   hide_index=True, width="stretch")
+
+
 f1, f2, f3, f4 = st.columns([1, 1, 1, 1], vertical_alignment="bottom")
-split = f1.selectbox("Split", [ALL, *overview.splits], key="ds_split", on_change=_reset_page)
-label = f2.selectbox("Label", [ALL, *overview.labels], key="ds_label", on_change=_reset_page)
+split = f1.selectbox("Split", [ALL, *overview.splits], key=SPLIT_KEY, on_change=_reset_page)
+labels = [ALL, *overview.labels]
+# the gallery opens on good images: what the model learns from, and what most parts look like
+label = f2.selectbox("Label", labels, key=LABEL_KEY, on_change=_label_changed,
+                     index=labels.index("good") if "good" in labels else 0)
 types = [ALL, *overview.defect_types] if label != "good" else [ALL]
-defect_type = f3.selectbox("Defect type", types, key="ds_type", on_change=_reset_page,
+defect_type = f3.selectbox("Defect type", types, key=TYPE_KEY, on_change=_reset_page,
                            disabled=len(types) == 1)
-show_masks = f4.toggle("Show masks", key="ds_masks", help="Draw the defect masks in red.")
+show_masks = f4.toggle("Show masks", key="ds_masks",
+                       help="Outline the defect masks (yellow on a black border).")
 
 filters = {
     "split": None if split == ALL else split,
@@ -142,35 +173,20 @@ if page > pages:
 if not items:
     st.info("No image matches these filters.")
 else:
+    st.caption("Click an image's name to open its details.")
     grid = st.columns(COLUMNS)
     for i, item in enumerate(items):
         with grid[i % COLUMNS]:
             data = thumbnail(ctx.home, item.path, item.mask_path, show_masks)
-            caption = f"{item.name} · {item.defect_type or item.label}"
             if data is None:
-                st.warning(f"{item.name}: cannot be opened")
+                st.warning(f"{plain(item.title)}: cannot be opened")
             else:
-                st.image(data, caption=caption, width="stretch")
+                st.image(data, width="stretch")
+            # the name is the button: split · type · name, since names repeat across folders
+            if st.button(plain(item.title), key=f"ds_open_{item.id}", type="tertiary",
+                         help=f"Open the details of {plain(item.title)}"):
+                _details(item, show_masks)
     nav1, nav2 = st.columns([1, 3], vertical_alignment="center")
     nav1.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key=PAGE_KEY)
     first = (page - 1) * PER_PAGE + 1
     nav2.caption(f"Images {first}–{first + len(items) - 1} of {matching}")
-
-    # ----------------------------------------------------------------------- detail
-    st.subheader("Image details", anchor=False)
-    by_id = {item.id: item for item in items}
-    # keyed per project: a choice from another project's gallery is not an id on this one
-    chosen = st.selectbox("Image on this page", list(by_id), key=f"ds_detail_{name}",
-                          format_func=lambda i: by_id[i].name)
-    item = by_id[chosen]
-    pic, meta = st.columns([3, 2])
-    preview = thumbnail(ctx.home, item.path, item.mask_path, show_masks, side=PREVIEW_SIDE,
-                        square=False)
-    if preview is None:
-        pic.error("This file cannot be opened as an image.")
-    else:
-        pic.image(preview, caption=item.name + (" (mask in red)" if show_masks and
-                                                item.mask_path else ""))
-    detail = image_detail(item)
-    meta.dataframe(pd.DataFrame({"": list(detail), "value": list(detail.values())}),
-                   hide_index=True, width="stretch")

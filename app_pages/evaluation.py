@@ -10,16 +10,22 @@ from services.data.gallery import thumbnail
 from services.evaluation.report import (
     NothingToEvaluate,
     at_threshold,
+    cross_validated,
     evaluable_versions,
+    evaluated_images,
+    heat_legend,
     heatmap_overlay,
     load_evaluation,
     review_band,
     roc_pr,
+    sample_warning,
     save_threshold,
     threshold_history,
+    trainings_running,
     worst_errors,
 )
-from ui.common import TRAINING_PAGE, context, fmt, need_project, with_project
+from services.wording import GLOSSARY, method_words
+from ui.common import TRAINING_PAGE, context, fmt, need_project, plain, with_project
 
 GOOD_COLOUR = "#2E8B57"
 DEFECT_COLOUR = "#C0392B"
@@ -29,22 +35,27 @@ ctx = context()
 name = need_project()
 if name is None:
     st.stop()
-st.title(f"Evaluation · {name}")
+st.title(f"Evaluation · {plain(name)}")
 
 versions = evaluable_versions(ctx, name)
+running = trainings_running(ctx, name)
+for run in running:
+    st.info(f"Training {run['label']} is {run['status']} ({run['progress']:.0%}). Its "
+            "evaluation appears here when it finishes.", icon=":material/hourglass_top:")
 if not versions:
-    st.info("There is no trained model to evaluate yet. Train one first: it takes about a "
-            "minute for a few dozen images.")
+    if not running:
+        st.info("There is no trained model to evaluate yet. Train one first: it takes about a "
+                "minute for a few dozen images.")
     st.page_link(TRAINING_PAGE, label="Go to Training", icon=":material/model_training:",
                  query_params=with_project(name))
     st.stop()
 
 labels = {v["id"]: v["label"] for v in versions}
-mv_id = st.selectbox("Model version", list(labels), format_func=labels.get, key="ev_model")
+mv_id = st.selectbox("Model", list(labels), format_func=labels.get, key=f"ev_model_{name}")
 try:
     ev = load_evaluation(ctx, name, mv_id)
 except NothingToEvaluate as exc:
-    st.warning(f"This model cannot be evaluated: {exc}.")
+    st.warning(f"This model cannot be evaluated: {plain(exc)}.")
     st.stop()
 
 if len(ev.scores) == 0:
@@ -63,12 +74,20 @@ if not ev.has_both:
     st.info(f"There are no {missing} images among them, so curves and error rates for "
             f"{missing} parts cannot be measured. Add a few {missing} test images and train "
             "again for a full evaluation.")
+few = sample_warning(ev)
+if few:
+    st.warning(few, icon=":material/warning:")
 
 # --------------------------------------------------------------------------- metrics
 st.subheader("Scores", anchor=False)
-st.dataframe(pd.DataFrame(ev.metrics), hide_index=True, width="stretch")
+st.dataframe(pd.DataFrame(ev.metrics), hide_index=True, width="stretch",
+             column_config={"metric": st.column_config.TextColumn(width="large"),
+                            "value": st.column_config.TextColumn(width="small")})
 for note in ev.notes:
     st.caption(note)
+with st.expander("What the words on this page mean"):
+    for term, meaning in GLOSSARY.items():
+        st.markdown(f"**{term}** — {meaning}")
 
 # --------------------------------------------------------------------------- threshold
 st.subheader("Threshold", anchor=False)
@@ -82,7 +101,7 @@ threshold = st.slider(
     help="Move it right for fewer false alarms (but more missed defects), left for the "
          "opposite. Nothing is changed until you press Save.",
 )
-st.caption(f"Threshold in use: **{fmt(ev.threshold, 4)}** ({ev.threshold_method or 'none'})"
+st.caption(f"Threshold in use: **{fmt(ev.threshold, 4)}** ({method_words(ev.threshold_method)})"
            + ("" if ev.is_active else " — this is not the model in use"))
 stats = at_threshold(ev, threshold)
 
@@ -110,6 +129,22 @@ with rates_col:
               help="Of the images called defective, the share that really are.")
     r4.metric("Accuracy", fmt(stats["accuracy"], 2))
 
+honest = cross_validated(ev)
+if honest is None:
+    st.caption("These counts come from the same images that chose the threshold, so they are "
+               "optimistic: new parts will likely do somewhat worse.")
+else:
+    st.markdown(
+        f"**On images that did not choose the threshold** (each image called at the threshold "
+        f"chosen automatically on the other {honest['images'] - 1}): F1 **{honest['f1']:.2f}**, "
+        f"missed defects **{honest['missed_defects']:.0%}** ({honest['fn']} of "
+        f"{honest['fn'] + honest['tp']}), false alarms **{honest['false_alarms']:.0%}** "
+        f"({honest['fp']} of {honest['fp'] + honest['tn']})."
+    )
+    st.caption("The counts above come from the same images that chose the threshold, so they "
+               "are optimistic; this leave-one-out estimate is closer to what new parts will "
+               "show.")
+
 if ev.is_active:
     same = ev.threshold is not None and abs(threshold - ev.threshold) < step / 2
     if st.button("Save threshold", type="primary", icon=":material/save:", disabled=same,
@@ -118,7 +153,7 @@ if ev.is_active:
         try:
             row = save_threshold(ctx, name, mv_id, threshold)
         except (ValueError, LookupError) as exc:
-            st.error(f"The threshold was not saved: {exc}")
+            st.error(f"The threshold was not saved: {plain(exc)}")
         else:
             st.toast(f"Threshold {row['raw_value']:.4f} saved")
             st.session_state["ev_saved"] = row["raw_value"]
@@ -171,24 +206,14 @@ if curve is not None:
 band = review_band(ev)
 if band is not None:
     st.subheader("Review band", anchor=False)
-    c = band["counts"]
-    st.markdown(
-        f"Instead of one threshold, two: below **{band['low']:.4f}** ({band['low_is']}) a "
-        f"part is **sure good**; from **{band['high']:.4f}** ({band['high_is']}) up it is "
-        "**sure defect**; in between a person should **review** it."
-    )
+    st.markdown("Instead of one threshold, two: below the band a part is **sure good**, above "
+                "it **sure defect**, and in between a person should **review** it.")
     st.dataframe(
-        pd.DataFrame([
-            {"zone": "sure good", "scores": f"below {band['low']:.4f}", **c["good"]},
-            {"zone": "review", "scores": f"{band['low']:.4f} to {band['high']:.4f}",
-             **c["review"]},
-            {"zone": "sure defect", "scores": f"{band['high']:.4f} and above", **c["defect"]},
-        ]).rename(columns={"good": "of them good", "defect": "of them defect"}),
+        pd.DataFrame(band["table"]).rename(columns={"good": "of them good",
+                                                    "defect": "of them defect"}),
         hide_index=True, width="stretch",
     )
-    if not band["overlap"]:
-        st.caption("Good and defect scores do not overlap here: any threshold inside the "
-                   "band separates them all.")
+    st.caption(band["caption"])
 
 # --------------------------------------------------------------------------- worst mistakes
 fps, fns = worst_errors(ev, threshold)
@@ -203,10 +228,10 @@ def _mistakes(title: str, rows: list, empty: str) -> None:
     for col, row in zip(cols, rows, strict=False):
         image = heatmap_overlay(ctx.home, row.path, row.heatmap_path) or thumbnail(
             ctx.home, row.path)
-        caption = f"{row.name} · score {row.score:.4f}" + (
-            f" · {row.defect_type}" if row.defect_type else "")
+        caption = plain(f"{row.name} · score {row.score:.4f}" + (
+            f" · {row.defect_type}" if row.defect_type else ""))
         if image is None:
-            col.warning(f"{row.name}: file cannot be opened")
+            col.warning(f"{plain(row.name)}: file cannot be opened")
         else:
             col.image(image, caption=caption, width="stretch")
 
@@ -216,18 +241,50 @@ _mistakes("False alarms: good images called defective", fps,
           "None: no good image scores at or above the threshold.")
 _mistakes("Missed defects: defect images called good", fns,
           "None: every defect image scores at or above the threshold.")
-st.caption("Heatmap colours: red is far from anything seen on good parts, blue is normal.")
+
+
+def _legend() -> None:
+    st.image(heat_legend(), width=512)
+    st.caption(
+        "Heatmap colours, the same scale in every image: blue is like the good parts, the "
+        f"switch to yellow is the threshold the model was trained with ({fmt(ev.heat_anchor, 4)})"
+        ", red is twice as far from anything seen on good parts."
+    )
+
+
+_legend()
+
+st.subheader("Heatmaps of the evaluated images", anchor=False)
+which = st.radio("Show", ["all", "mistakes", "correct"], horizontal=True, key=f"ev_which_{mv_id}",
+                 format_func={"all": "All", "mistakes": "Wrong calls",
+                              "correct": "Right calls"}.get)
+shown = evaluated_images(ev, threshold, which)
+if not shown:
+    st.caption("No image in this group at this threshold.")
+cols = st.columns(6)
+for i, row in enumerate(shown):
+    image = heatmap_overlay(ctx.home, row["image"].path, row["image"].heatmap_path,
+                            side=192) or thumbnail(ctx.home, row["image"].path)
+    with cols[i % 6]:
+        if image is None:
+            st.warning(f"{plain(row['image'].name)}: file cannot be opened")
+        else:
+            st.image(image, caption=plain(row["caption"]), width="stretch")
 
 # --------------------------------------------------------------------------- history
 st.subheader("Threshold history", anchor=False)
 history = threshold_history(ctx, name, mv_id)
 if history:
     st.dataframe(
-        pd.DataFrame(history).drop(columns=["id"]), hide_index=True, width="stretch",
+        pd.DataFrame(history).drop(columns=["id", "method"]), hide_index=True, width="stretch",
         column_config={
-            "threshold": st.column_config.NumberColumn(format="%.4f"),
-            "active": st.column_config.CheckboxColumn("in use"),
-            "saved": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
+            "bank": st.column_config.TextColumn("good-part bank", width="small",
+                                                help=GLOSSARY["Bank"]),
+            "threshold": st.column_config.NumberColumn(format="%.4f", width="small"),
+            "chosen": st.column_config.TextColumn(width="large"),
+            "active": st.column_config.CheckboxColumn("in use", width="small"),
+            "by": st.column_config.TextColumn(width="small"),
+            "saved": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm", width="small"),
         },
     )
 else:

@@ -6,6 +6,7 @@ import streamlit as st
 
 from services.data.demo import ATTRIBUTION, DEMO_NAME
 from services.data.projects import list_projects, project_status
+from services.wording import GLOSSARY
 from ui.common import (
     DATASETS_PAGE,
     EVALUATION_PAGE,
@@ -13,6 +14,7 @@ from ui.common import (
     context,
     fmt,
     open_project,
+    plain,
 )
 
 ctx = context()
@@ -34,13 +36,11 @@ for project in projects:
     images = status["images"]
     per_label = images["per_label"]
     model = status["active_model_version"]
-    bank = status["active_bank_version"]
     threshold = status["active_threshold"]
     last = status["last_batch"]
     with st.container(border=True):
         head, actions = st.columns([3, 2], vertical_alignment="center")
-        head.subheader(project["name"], anchor=False)
-        head.caption(f"Images from {project['data_root']}")
+        head.subheader(plain(project["name"]), anchor=False)
         buttons = actions.columns(3)
         for col, (label, page) in zip(
             buttons,
@@ -53,29 +53,35 @@ for project in projects:
         c1, c2, c3, c4, c5 = st.columns(5)
         c1.metric("Good images", per_label.get("good", 0))
         c2.metric("Defect images", per_label.get("defect", 0),
-                  help=", ".join(f"{k}: {v}" for k, v in images["per_defect_type"].items())
+                  help=", ".join(f"{plain(k)}: {v}" for k, v in images["per_defect_type"].items())
                   or None)
         if model is None:
-            c3.metric("Active model", "none yet")
+            c3.metric("Model in use", "none yet")
+            c4.metric("Good vs defect (AUROC)", "—")
         else:
-            auroc = model["metrics"].get("image_auroc")
-            c3.metric("Active model", f"v{model['id']}",
-                      help=f"{model['backbone']}; image AUROC {fmt(auroc)} on held-out images")
-        c4.metric("Memory bank", f"v{bank['version']}" if bank else "—",
-                  help=f"{bank['vector_count']} patch vectors" if bank else None)
+            c3.metric("Model in use", model["label"],
+                      help=f"Numbered within this project. Details: {model['backbone']}, "
+                           f"id {model['id']}. {GLOSSARY['Bank']}")
+            c4.metric("Good vs defect (AUROC)",
+                      "—" if model["separation"] is None else f"{model['separation']:.2f}",
+                      help="How well the model separates good from defect parts on images it did "
+                           f"not learn from (image AUROC): {GLOSSARY['AUROC']}")
         c5.metric("Threshold", fmt(threshold["raw_value"], 4) if threshold else "—",
-                  help=f"method: {threshold['method']}" if threshold else None)
+                  help=f"Chosen: {threshold['method_words']}" if threshold else None)
 
         notes = []
         for run in status["training"]:
-            notes.append(f"Training v{run['id']} is {run['status']}: {run['stage'] or 'waiting'} "
-                         f"({run['progress']:.0%}).")
+            notes.append(f"Training {run['label']} is {run['status']}: "
+                         f"{run['stage'] or 'waiting'} ({run['progress']:.0%}).")
+        failed = status.get("last_failed_training")
+        if failed is not None:
+            st.error(f"The last training ({failed['label']}) failed: {plain(failed['error'])}")
         if last is not None:
             n = last["predictions"]
             # a validation batch's name (validation-m<id>) means nothing to a user
             what = (f"Check at training: {n} held-out images scored"
                     if last["source"] == "validation"
-                    else f"Last batch: **{last['name']}** — {n} images")
+                    else f"Last batch: **{plain(last['name'])}** — {n} images")
             notes.append(f"{what}: {last['defect']} called defect, {last['good']} good "
                          f"({last['started_at']:%Y-%m-%d %H:%M} UTC).")
         if status["problems"]:

@@ -17,14 +17,22 @@ from services.training.setup import (
     start_training,
     training_setup,
 )
-from ui.common import DATASETS_PAGE, EVALUATION_PAGE, context, need_project, with_project
+from services.wording import GLOSSARY
+from ui.common import (
+    DATASETS_PAGE,
+    EVALUATION_PAGE,
+    context,
+    need_project,
+    plain,
+    with_project,
+)
 
 ctx = context()
 name = need_project()
 if name is None:
     st.stop()
 
-st.title(f"Training · {name}")
+st.title(f"Training · {plain(name)}")
 setup = training_setup(ctx, name)
 
 if not setup.can_train:
@@ -50,12 +58,14 @@ with left:
     use_all = st.radio(
         "Good images to learn from",
         ["all", "some"],
-        format_func=lambda v: (f"All {setup.n_good_train} good training images" if v == "all"
-                               else "A chosen number (to see how few are enough)"),
+        format_func=lambda v: (
+            f"All {setup.n_good_train} good training images"
+            + (f" ({setup.held_back} kept aside to set the threshold)" if setup.held_back
+               else "")
+            if v == "all" else "A chosen number (to see how few are enough)"),
         key="tr_use_all",
     )
     shots: int | None = None
-    limit = setup.max_shots_for_threshold()
     if use_all == "some":
         shots = int(st.number_input(
             "Number of good images", min_value=1, max_value=max(1, setup.n_good_train),
@@ -63,11 +73,6 @@ with left:
             help="Which ones is decided by the seed below. The others are kept aside to check "
                  "the model and to choose the threshold.",
         ))
-    if limit < setup.n_good_train and (shots or setup.n_good_train) > limit:
-        st.warning(
-            f"With no defect images, keep at least 2 good images out of training (use at most "
-            f"{limit}) — the threshold is set from the scores of the good images left out."
-        )
     seed = int(st.number_input(
         "Seed", min_value=0, max_value=SEED_MAX, value=0, step=1, key="tr_seed",
         help="Same seed, same images, same model: use it to repeat a run exactly, or change "
@@ -96,18 +101,23 @@ with right:
                    "On a computer without internet access the training will fail.")
 
 busy = bool(setup.active)
-if st.button("Train", type="primary", icon=":material/play_arrow:", disabled=busy,
+blocked = setup.shortfall(shots)  # one sentence; the service refuses with the same one
+if blocked:
+    st.warning(blocked)
+if st.button("Train", type="primary", icon=":material/play_arrow:", disabled=busy or bool(blocked),
              help="Training runs in the background: you can leave this page meanwhile."):
     try:
         run_id = start_training(ctx, name, shots=shots, seed=seed, backbone=backbone,
                                 image_size=int(image_size))
     except (ValueError, LookupError, OSError) as exc:
-        st.error(f"Training could not start: {exc}")
+        st.error(f"Training could not start: {plain(exc)}")
     else:
-        st.toast(f"Training v{run_id} started")
+        st.toast("Training started")
         st.rerun()
 if busy:
     st.caption("A training is running for this project; wait for it or cancel it below.")
+elif not blocked and setup.duration:
+    st.caption(setup.duration)
 
 
 # --------------------------------------------------------------------------- live progress
@@ -122,11 +132,12 @@ def _live(watched: tuple[int, ...]) -> None:
             stage = run["stage"] or ("waiting for the worker" if run["status"] == "queued"
                                      else "starting")
             retry = (f" (try {run['attempts']})" if run.get("attempts", 0) > 1 else "")
-            st.markdown(f"**Training v{run['id']}** — {run['status']}{retry}")
+            st.markdown(f"**Training {run['label']}** — {run['status']}{retry}")
             if run.get("cancel_requested"):
                 st.caption("Cancel requested: the worker stops at its next step.")
             st.progress(min(max(float(run["progress"]), 0.0), 1.0),
-                        text=f"{stage} · {run['progress']:.0%}")
+                        text=f"{stage} · {run['progress']:.0%}"
+                        + (f" · {run['eta']}" if run.get("eta") else ""))
             if run["waiting_s"] > STUCK_QUEUED_S:
                 st.warning(
                     f"The background worker has not started after {run['waiting_s']:.0f} s: "
@@ -136,7 +147,7 @@ def _live(watched: tuple[int, ...]) -> None:
             if run["silent_s"] > STUCK_RUNNING_S:
                 st.warning(
                     f"No sign of life from the background worker for "
-                    f"{run['silent_s'] / 60:.0f} min: it has probably stopped (for example, "
+                    f"{run['silent_s']:.0f} s: it has probably stopped (for example, "
                     "out of memory) and the run will be marked failed. Its log is "
                     "jobs/worker.log under the Kensa data folder."
                 )
@@ -147,20 +158,32 @@ def _live(watched: tuple[int, ...]) -> None:
     st.subheader("Run history", anchor=False)
     history = run_history(ctx, name)
     if not history:
-        st.info("No training yet. Press **Train** to fit the first model; the demo project "
-                "trains in well under a minute.")
+        st.info("No training yet. Press **Train** to fit the first model.")
         return
     latest = history[0]
     if latest["status"] == "done":
-        st.success(f"Latest model {latest['version']} is ready.")
+        st.success(f"Latest model, {latest['model']}, is ready.")
         st.page_link(EVALUATION_PAGE, label="See how well it works on the Evaluation page",
                      icon=":material/analytics:", query_params=with_project(name))
     elif latest["status"] == "failed":
-        st.error(f"Training {latest['version']} failed: {latest['note'] or 'no details'}")
+        st.error(f"Training {latest['model']} failed: {plain(latest['note'] or 'no details')}")
     st.dataframe(
         pd.DataFrame(history), hide_index=True, width="stretch",
         column_config={
-            "started": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
+            "model": st.column_config.TextColumn(width="small"),
+            "status": st.column_config.TextColumn(width="small"),
+            "started": st.column_config.DatetimeColumn(format="MM-DD HH:mm", width="small"),
+            "took": st.column_config.TextColumn(width="small"),
+            "good images learned": st.column_config.TextColumn("images", width="small",
+                                                               help="Good images learned from"),
+            **{col: st.column_config.TextColumn(short, width="small", help=GLOSSARY[term])
+               for col, short, term in (("image AUROC", "AUROC", "AUROC"),
+                                        ("AP", "AP", "AP (average precision)"),
+                                        ("F1", "F1", "F1"),
+                                        ("pixel AUROC", "pixel", "Pixel AUROC"),
+                                        ("AUPRO", "AUPRO", "AUPRO"))},
+            "threshold": st.column_config.TextColumn(width="small", help=GLOSSARY["Threshold"]),
+            "settings": st.column_config.TextColumn(width="medium"),
         },
     )
     st.caption("AUROC: 1.0 separates good from defect perfectly, 0.5 is guessing. "

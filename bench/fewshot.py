@@ -63,6 +63,15 @@ def run_worker(args: argparse.Namespace) -> dict[str, object]:
     if args.method == "kensa":
         from engine.models.fewshot import FewShotConfig, FewShotPatchCore
 
+        if args.exact_coreset:  # the single exact greedy pass (before issue 9), for comparison
+            import functools
+
+            import engine.models.fewshot as fewshot
+            from engine.coreset import GreedyCoresetSampler
+
+            fewshot.GreedyCoresetSampler = functools.partial(  # type: ignore[misc]
+                GreedyCoresetSampler, candidate_factor=None)
+
         model = FewShotPatchCore(FewShotConfig(seed=args.seed, **overrides))
         long_side = model.config.image_size
         backbone = model.config.backbone
@@ -116,6 +125,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, object]:
         "bank_size": fit.bank_size,
         "n_test": len(tests),
         "overrides": overrides,
+        "coreset": "exact" if args.exact_coreset else "bounded",
     }
 
 
@@ -127,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", choices=["anomalib"], default=None)
     parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--set", action="append", help="Kensa config override key=value")
+    parser.add_argument("--exact-coreset", action="store_true",
+                        help="exact single-pass greedy coreset (before the bounded sampler)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", default="kensa", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -145,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                        "--method", method]
                 for item in (args.set or []) if method == "kensa" else []:
                     cmd += ["--set", item]
+                if args.exact_coreset and method == "kensa":
+                    cmd.append("--exact-coreset")
                 done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
                 if done.returncode != 0:
                     print(done.stderr[-3000:], file=sys.stderr)

@@ -3,6 +3,9 @@
     python bench/fewshot_search.py --data DIR --configs '[{}, {"image_size": 448}]' \
         [--shots 1,4] [--seed 0] [--per-type 24] [--goods 60]
 
+A config may hold ``"coreset": "exact"`` to fit with the exact single-pass greedy coreset
+instead of the bounded two-stage sampler (the before/after of issue 9).
+
 Faster than bench/fewshot.py (no subprocesses, no timing, a subset of the test split: up to
 ``--goods`` good and ``--per-type`` images of each defect type, chosen with a fixed seed), so a
 handful of settings can be compared in minutes. Prints one JSON line per (config, shots) with
@@ -52,9 +55,20 @@ def main(argv: list[str] | None = None) -> int:
              for r, im in zip(tests, images, strict=True)]
     labels = np.array([int(r.label == "defect") for r in tests])
     goods = [r.path for r in index.select(split="train", label="good")]
+    import functools
+
+    import engine.models.fewshot as fewshot
+    from engine.coreset import GreedyCoresetSampler
+
     for overrides in json.loads(args.configs):
+        # "coreset": "exact" = the single exact greedy pass (before issue 9), for comparison
+        exact = dict(overrides).pop("coreset", None) == "exact"
+        fewshot.GreedyCoresetSampler = (  # type: ignore[misc]
+            functools.partial(GreedyCoresetSampler, candidate_factor=None) if exact
+            else GreedyCoresetSampler)
+        settings = {k: v for k, v in overrides.items() if k != "coreset"}
         for shots in [int(s) for s in args.shots.split(",")]:
-            model = FewShotPatchCore(FewShotConfig(seed=args.seed, **overrides))
+            model = FewShotPatchCore(FewShotConfig(seed=args.seed, **settings))
             report = model.fit([load_image(p) for p in choose_shots(goods, shots, args.seed)])
             result = model.score(images)
             # Defect images without a mask cannot be scored per pixel (their defect would count
@@ -64,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             row = {"config": overrides, "shots": shots, "seed": args.seed,
                    "image_auroc": round(image_metrics(result.scores, labels)["image_auroc"], 4),
                    "pixel_auroc": round(pixel["pixel_auroc"], 4),
-                   "aupro": round(pixel["aupro"], 4), "bank_size": report.bank_size}
+                   "aupro": round(pixel["aupro"], 4), "bank_size": report.bank_size,
+                   "n_patches": report.n_patches, "fit_s": round(report.fit_seconds, 1)}
             for name in groups:
                 if name == "good":
                     continue

@@ -352,6 +352,8 @@ class Prediction(Base):
     heatmap_path: Mapped[str | None] = mapped_column(String(1024))
     reviewed_verdict: Mapped[str | None] = mapped_column(String(8))
     reviewed_at: Mapped[datetime | None]  # added in 0002: when a person corrected the verdict
+    # added in 0006: who reviewed it (a name typed on the Lots page, or the logged-in user)
+    reviewed_by: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = _now_column()
 
 

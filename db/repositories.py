@@ -640,6 +640,23 @@ def add_predictions(
     )
 
 
+def add_new_predictions(
+    session: Session, batch_id: int, predictions: Iterable[Mapping[str, Any]]
+) -> set[str]:
+    """Like :func:`add_predictions`, but returns the sha256 of each row THIS call inserted.
+
+    Two runs scoring into one batch at once both try every image; only the database knows
+    which run's row went in, and each run must report its own count, not the attempts.
+    """
+    rows = _rows(Prediction, predictions, batch_id=batch_id)
+    if not rows:
+        return set()
+    dialect = session.get_bind().dialect.name
+    insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+    stmt = insert(Prediction).on_conflict_do_nothing(index_elements=["batch_id", "image_sha256"])
+    return set(session.scalars(stmt.returning(Prediction.image_sha256), rows))
+
+
 def list_predictions(
     session: Session,
     batch_id: int,
@@ -668,11 +685,14 @@ def batch_scores(session: Session, batch_id: int, *, normalized: bool = False) -
     return list(session.scalars(stmt.order_by(Prediction.id)))
 
 
-def review_prediction(session: Session, prediction_id: int, verdict: str | None) -> bool:
-    """A person's verdict ("good"/"defect", None clears it), stamped with the time."""
+def review_prediction(
+    session: Session, prediction_id: int, verdict: str | None, by: str | None = None
+) -> bool:
+    """A person's verdict ("good"/"defect", None clears it), stamped with the time and who."""
     reviewed_at = None if verdict is None else utcnow()
     return _update_row(
-        session, Prediction, prediction_id, reviewed_verdict=verdict, reviewed_at=reviewed_at
+        session, Prediction, prediction_id, reviewed_verdict=verdict, reviewed_at=reviewed_at,
+        reviewed_by=None if verdict is None else by,
     )
 
 

@@ -193,7 +193,8 @@ def _from_hub(spec: BackboneSpec, *, features_only: bool) -> nn.Module:
     except Exception as exc:  # any hub/network failure means the same to a user
         raise BackboneUnavailableError(
             f"backbone {spec.name!r} downloads its ImageNet weights from the Hugging Face hub and "
-            f"that failed ({type(exc).__name__}: {str(exc)[:200]}). This machine is probably "
+            f"that failed ({str(exc).strip()[:200] or 'no reason given'}). This machine is "
+            f"probably "
             f"offline: choose 'efficientnet_lite0' or 'efficientnet_lite2', whose weights are "
             f"bundled, or connect once so the weights are cached."
         ) from exc

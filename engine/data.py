@@ -20,6 +20,7 @@ Mask names are matched leniently: ``<stem>_mask.<any image suffix>`` first, then
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -164,14 +165,15 @@ def _fail(path: Path, reason: str) -> ImageLoadError:
     return ImageLoadError(f"{path}: {reason}", path=path, reason=reason)
 
 
-def _checked_header(path: Path) -> ImageHeader:
+def _checked_header(path: Path, data: bytes | None = None) -> ImageHeader:
     """The file's header, after the pixel limit; raises :class:`ImageLoadError` naming ``path``.
 
+    With ``data`` (the file's bytes, already read) the header comes from those bytes.
     Also keeps Pillow's own decompression-bomb limit equal to Kensa's, so any other Pillow use
     in the process refuses the same files instead of surfacing its own exception type.
     """
     try:
-        header = read_header(path)
+        header = read_header(path if data is None else io.BytesIO(data))
     except HeaderError as exc:
         raise _fail(path, str(exc)) from None
     except OSError as exc:
@@ -183,7 +185,7 @@ def _checked_header(path: Path) -> ImageHeader:
     return header
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(path: Path | io.BytesIO) -> np.ndarray:
     """First page of a TIFF in its native dtype, channels last (later pages are never read)."""
     arr = np.asarray(tifffile.imread(path, key=0))
     # Planar (separate) RGB comes back as C x H x W.
@@ -192,7 +194,8 @@ def _read_tiff(path: Path) -> np.ndarray:
     return arr
 
 
-def _read_pil(path: Path, header: ImageHeader, palette_as_indices: bool) -> tuple[np.ndarray, bool]:
+def _read_pil(path: Path | io.BytesIO, header: ImageHeader, palette_as_indices: bool
+              ) -> tuple[np.ndarray, bool]:
     """Decode fully with Pillow (``load()`` raises on truncated data), keeping the native dtype.
 
     Pillow may only use the decoder the header named: a file never reaches Pillow's other
@@ -215,36 +218,41 @@ def _read_pil(path: Path, header: ImageHeader, palette_as_indices: bool) -> tupl
 
 
 def _read_native_tagged(
-    path: str | os.PathLike[str], palette_as_indices: bool = False
+    path: str | os.PathLike[str], palette_as_indices: bool = False, data: bytes | None = None
 ) -> tuple[np.ndarray, bool]:
     """Decode any supported file to (array in its own dtype, is palette), or raise.
 
     The header is checked against the pixel limit before a single pixel is decoded; every
-    failure is an :class:`ImageLoadError` whose message starts with the path.
+    failure is an :class:`ImageLoadError` whose message starts with the path. With ``data``
+    the pixels come from those bytes (the file's content, read once), not from the file.
     """
     p = Path(path)
-    try:
-        size = p.stat().st_size
-    except FileNotFoundError:
-        raise _fail(p, "file not found") from None
-    except OSError as exc:
-        raise _fail(p, f"cannot read file ({exc.strerror or exc})") from exc
-    if p.is_dir():
-        raise _fail(p, "is a folder, not an image file")
+    if data is None:
+        try:
+            size = p.stat().st_size
+        except FileNotFoundError:
+            raise _fail(p, "file not found") from None
+        except OSError as exc:
+            raise _fail(p, f"cannot read file ({exc.strerror or exc})") from exc
+        if p.is_dir():
+            raise _fail(p, "is a folder, not an image file")
+    else:
+        size = len(data)
     if size == 0:
         raise _fail(p, "file is empty (0 bytes)")
-    header = _checked_header(p)
+    header = _checked_header(p, data)
+    source: Path | io.BytesIO = p if data is None else io.BytesIO(data)
     try:
         if header.format == "TIFF":
-            arr, palette = _read_tiff(p), False
+            arr, palette = _read_tiff(source), False
         else:
-            arr, palette = _read_pil(p, header, palette_as_indices)
+            arr, palette = _read_pil(source, header, palette_as_indices)
     except MemoryError:
         raise _fail(
             p, f"not enough memory to decode {header.width}x{header.height} pixels"
         ) from None
     except Exception as exc:  # decoders raise many unrelated types for bad bytes
-        raise _fail(p, f"cannot decode image ({type(exc).__name__}: {exc})") from exc
+        raise _fail(p, f"cannot decode image ({str(exc).strip() or 'corrupt data'})") from exc
     if arr.ndim not in (2, 3) or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise _fail(p, f"unsupported image shape {arr.shape}")
     if arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4):
@@ -367,7 +375,34 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     :mod:`engine.image_limits`) raise :class:`ImageLoadError`.
     """
     p = Path(path)
-    arr = _to_uint8(_read_native(p), p)
+    return _as_rgb(_to_uint8(_read_native(p), p))
+
+
+def load_image_and_sha256(path: str | os.PathLike[str]) -> tuple[np.ndarray, str]:
+    """:func:`load_image` plus the sha256 of exactly the bytes that were decoded.
+
+    The file is read once; hashing it and decoding it in two reads would let a file rewritten
+    in between train with new pixels under the old digest (the history would then lie about
+    what a model saw). Same errors as :func:`load_image`.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise _fail(p, "is a folder, not an image file")
+    if p.is_file() and p.stat().st_size > 0:
+        _checked_header(p)  # an over-limit file is refused before its bytes are read
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise _fail(p, "file not found") from None
+    except OSError as exc:
+        raise _fail(p, f"cannot read file ({exc.strerror or exc})") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    arr = _to_uint8(_read_native_tagged(p, data=data)[0], p)
+    return _as_rgb(arr), digest
+
+
+def _as_rgb(arr: np.ndarray) -> np.ndarray:
+    """Any uint8 H x W (x C) array as contiguous H x W x 3 (alpha dropped, gray repeated)."""
     if arr.ndim == 2:
         arr = arr[:, :, None]
     channels = arr.shape[2]

@@ -99,24 +99,33 @@ def max_pixels() -> int:
     return int(max_megapixels() * 1e6)
 
 
-def read_header(path: str | os.PathLike[str]) -> ImageHeader:
+def read_header(path: str | os.PathLike[str] | BinaryIO) -> ImageHeader:
     """Format and size of an image file from its first bytes; raises :class:`HeaderError`.
 
     The format comes from the content, not the name, because cameras and scripts write TIFFs
     named ``.png``. Reads at most a few kilobytes for PNG, BMP and JPEG (JPEG walks the segment
-    lengths up to the frame header) and only the first IFD of a TIFF.
+    lengths up to the frame header) and only the first IFD of a TIFF. ``path`` may also be a
+    seekable binary stream (bytes already read and hashed, see ``engine.data``).
     """
-    p = Path(path)
-    with open(p, "rb") as fh:
-        head = fh.read(32)
-        if head.startswith(_TIFF_MAGIC):
-            return _tiff_header(p)
-        if head.startswith(_PNG_MAGIC):
-            return _png_header(head)
-        if head.startswith(b"\xff\xd8\xff"):
-            return _jpeg_header(fh)
-        if head.startswith(b"BM"):
-            return _bmp_header(head)
+    if not isinstance(path, str | os.PathLike):
+        path.seek(0)
+        return _header_of(path)
+    with open(Path(path), "rb") as fh:
+        return _header_of(fh)
+
+
+def _header_of(fh: BinaryIO) -> ImageHeader:
+    """:func:`read_header` on an open binary stream positioned at its start."""
+    head = fh.read(32)
+    if head.startswith(_TIFF_MAGIC):
+        fh.seek(0)
+        return _tiff_header(fh)
+    if head.startswith(_PNG_MAGIC):
+        return _png_header(head)
+    if head.startswith(b"\xff\xd8\xff"):
+        return _jpeg_header(fh)
+    if head.startswith(b"BM"):
+        return _bmp_header(head)
     for magic, name in _OTHER_FORMATS:
         if head.startswith(magic):
             raise HeaderError(f"the file is a {name}, not a PNG, JPEG, BMP or TIFF image")
@@ -200,12 +209,13 @@ def _jpeg_header(fh: BinaryIO) -> ImageHeader:
         fh.seek(length - 2, os.SEEK_CUR)
 
 
-def _tiff_header(path: Path) -> ImageHeader:
+def _tiff_header(path: Path | BinaryIO) -> ImageHeader:
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages.first
             width, height = int(page.imagewidth), int(page.imagelength)
             samples = int(page.samplesperpixel)
     except Exception as exc:  # tifffile raises several types for damaged headers
-        raise HeaderError(f"TIFF header cannot be read ({type(exc).__name__}: {exc})") from exc
+        raise HeaderError(f"TIFF header cannot be read ({str(exc).strip() or 'corrupt data'})"
+                          ) from exc
     return _checked_size("TIFF", width, height, samples)

@@ -115,6 +115,59 @@ def manual(value: float) -> ThresholdResult:
     return ThresholdResult("manual", _finite(value, "threshold"), {})
 
 
+# --------------------------------------------------------------------------- sanity
+
+
+def sane_range(good_scores: ArrayLike, all_scores: ArrayLike = ()) -> tuple[float, float]:
+    """Where a threshold can be meant seriously, from a model's validation scores.
+
+    The rule: from ``min(min(good) - spread_good, min(all) - spread_all / 20)`` to
+    ``max(all) + spread_all``, where ``spread`` is the range (max - min) of that set of scores
+    (half its magnitude, or 1, when all are equal) and ``all`` is every validation score, good
+    and defect. The low end follows the good scores because a threshold far below every good
+    part flags every part (0 or -1 on distance scores is a typo, not a choice), with a margin
+    under the lowest score seen so a slider over the scores never leaves the range; the high
+    end uses every score because a threshold above the defects is a lax but legitimate choice,
+    while 1e308 is not. When every score is positive (distances), the threshold must be
+    positive too.
+    """
+    good = as_scores(good_scores, "good_scores")
+    every = np.concatenate([good, as_scores(all_scores, "scores", min_size=0)])
+
+    def spread(values: np.ndarray) -> float:
+        width = float(values.max() - values.min())
+        return width if width > 0 else (0.5 * abs(float(values.max())) or 1.0)
+
+    low = min(float(good.min()) - spread(good), float(every.min()) - spread(every) / 20)
+    if float(every.min()) > 0:
+        low = max(low, 0.0)
+    return low, float(every.max()) + spread(every)
+
+
+def check_sane(value: float, good_scores: ArrayLike, all_scores: ArrayLike = (),
+               confirm_extreme: bool = False) -> float:
+    """``value`` if finite and inside :func:`sane_range`; else ValueError saying the range.
+
+    ``confirm_extreme=True`` lets a finite value outside the range through: a person said so
+    explicitly. With no scores known (an old state) only finiteness is checked.
+    """
+    value = _finite(value, "threshold")
+    good = np.asarray(good_scores, dtype=np.float64).reshape(-1)
+    if confirm_extreme or good.size == 0:
+        return value
+    low, high = sane_range(good, all_scores)
+    positive_only = low == 0.0 and value <= 0.0
+    if low <= value <= high and not positive_only:
+        return value
+    every = np.concatenate([good, np.asarray(all_scores, dtype=np.float64).reshape(-1)])
+    raise ValueError(
+        f"threshold {value:g} is outside the sane range {low:.4g} to {high:.4g} for this model "
+        f"(its validation scores run from {float(every.min()):.4g} to {float(every.max()):.4g})"
+        "; a threshold there flags every part or none. To use it anyway, confirm it "
+        "explicitly (CLI: --confirm)"
+    )
+
+
 # --------------------------------------------------------------------------- review band
 
 
@@ -211,3 +264,27 @@ def confidence(score: ArrayLike, threshold: float, normal_scores: ArrayLike) -> 
         raise ValueError("score contains NaN")
     conf = ndtr(np.abs(s - threshold) / sigma)
     return float(conf) if conf.ndim == 0 else conf
+
+
+# --------------------------------------------------------------------------- margin
+
+
+def f1_optimal_with_margin(scores: ArrayLike, labels: ArrayLike) -> ThresholdResult:
+    """The F1-optimal threshold moved to the middle of its plateau.
+
+    :func:`f1_optimal` returns an observed score (the lowest defect score when the classes
+    separate), so the first new defect that scores a hair lower is missed. Every threshold in
+    ``(next lower score, best]`` makes the same calls on these images (the same F1), so the
+    middle of that interval is as good here and leaves a margin on both sides: midway between
+    the highest good and the lowest defect score when they separate. The method stays
+    ``f1_optimal`` (it still maximises F1); ``params["plateau"]`` records the interval.
+    """
+    best = f1_optimal(scores, labels)
+    s = as_scores(scores)
+    below = s[s < best.value]
+    if below.size == 0:  # every image is called defect at the best threshold: no lower edge
+        return best
+    lower = float(below.max())
+    middle = lower + (best.value - lower) / 2
+    return ThresholdResult(best.method, middle,
+                           {**best.params, "plateau": [lower, best.value], "placed": "middle"})

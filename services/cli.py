@@ -12,6 +12,8 @@ Projects (database under ``KENSA_HOME``, or ``DATABASE_URL``; the schema is upgr
     python -m services.cli train NAME [--shots K --seed S --set KEY=VALUE ...]
     python -m services.cli score NAME PATH --batch BATCH
     python -m services.cli history NAME [--json]
+    python -m services.cli lots NAME [--json]
+    python -m services.cli review NAME --batch B --image SHA --verdict good|defect --by WHO
     python -m services.cli rollback NAME --to VERSION
     python -m services.cli threshold set NAME VALUE
     python -m services.cli update-bank NAME PATH [PATH ...] [--note TEXT]
@@ -31,7 +33,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -239,11 +243,11 @@ def cmd_score_project(args: argparse.Namespace) -> int:
         print(f"warning: skipped {p['path']}: {p['problem']}", file=sys.stderr)
     lines = [f"{r['verdict']:>6}  {r['raw_score']:.4f}  norm {r['normalized_score']:.2f}  "
              f"conf {r['confidence']:.2f}  {r['image_path']}" for r in result["predictions"]]
-    lines.append(f"batch {result['name']!r}: {len(result['predictions'])} scored, "
+    lines.append(f"batch {result['name']!r}: {result['scored']} scored, "
                  f"{result['skipped']} already scored, {len(result['problems'])} unreadable "
                  f"(bank v{result['bank_version']}, threshold {result['threshold']:.4f})")
     _print(result, args.json, "\n".join(lines))
-    return 1 if result["problems"] and not result["predictions"] and not result["skipped"] else 0
+    return 1 if result["problems"] and not result["scored"] and not result["skipped"] else 0
 
 
 def _state(in_use: bool, active: bool) -> str:
@@ -255,7 +259,14 @@ def cmd_history(args: argparse.Namespace) -> int:
 
     h = history(_ctx(), args.name)
     lines = [f"project {h['project']}  (active model version: {h['active_model_version']})",
-             "memory bank versions:"]
+             "runs:"]
+    for r in h["runs"]:
+        why = r["error"] or r["job_error"]
+        lines.append(f"  m{r['model_version_id']:<4} {r['algorithm']:<18} {r['status']:<9} "
+                     f"job {r['job_id'] or '-'} {r['job_status'] or '-':<9} "
+                     f"{_fmt_time(r['created_at'])}  {_fmt_time(r['finished_at'])}"
+                     + (f"  {why}" if why and r["status"] in ("failed", "cancelled") else ""))
+    lines.append("memory bank versions:")
     for b in h["memory_bank_versions"]:
         parent = f"v{b['parent']}" if b["parent"] else "-"
         lines.append(f"  m{b['model_version_id']} v{b['version']:<3} {b['kind']:<12} "
@@ -278,6 +289,32 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lots(args: argparse.Namespace) -> int:
+    """Production lots of a project (the Lots page's list): counts and the model used."""
+    from services.inference.lots import list_lots
+
+    lots = list_lots(_ctx(), args.name)
+    lines = [f"{lot['name']:<24} {lot['scored']:>5} images  {lot['defects']:>4} defect  "
+             f"{lot['reviewed']:>4} reviewed  {lot['overruled']:>4} overruled  "
+             f"{lot['model'] or '-'}  threshold {lot['threshold'] or '-'}  "
+             f"{_fmt_time(lot['last_scored'])}" for lot in lots] or ["no lots yet"]
+    _print(lots, args.json, "\n".join(lines))
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    """A person's verdict on one image of a lot, stored with who and when (as on the page)."""
+    from services.inference.lots import review, when
+
+    verdict = None if args.verdict == "clear" else args.verdict
+    stored = review(_ctx(), args.name, args.batch, args.image, verdict, args.by)
+    _print(stored, args.json,
+           f"{stored['sha256'][:12]}: model {stored['verdict']}, reviewed "
+           f"{stored['reviewed_verdict'] or '(cleared)'} by {stored['reviewed_by'] or '-'} "
+           f"{when(stored['reviewed_at'])}")
+    return 0
+
+
 def cmd_rollback(args: argparse.Namespace) -> int:
     from services.history.versions import rollback
 
@@ -292,7 +329,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_threshold_set(args: argparse.Namespace) -> int:
     from services.history.versions import set_threshold
 
-    row = set_threshold(_ctx(), args.name, args.value, created_by=args.by)
+    row = set_threshold(_ctx(), args.name, args.value, created_by=args.by,
+                        confirm_extreme=args.confirm)
     _print(row, args.json,
            f"threshold {row['raw_value']:.4f} (normalized {row['normalized_value']:.3f}) is "
            f"active for bank v{row['bank_version']}; the previous one is kept in history")
@@ -303,7 +341,8 @@ def cmd_update_bank(args: argparse.Namespace) -> int:
     from services.history.versions import bank_update_payload
 
     ctx = _ctx()
-    payload, project_id = bank_update_payload(ctx, args.name, args.paths, args.note)
+    payload, project_id = bank_update_payload(ctx, args.name, args.paths, args.note,
+                                              force_suspect=args.force_suspect)
     bank = _run_job(args, "update_bank", payload, project_id, ctx)
     if bank is None:
         return 0
@@ -313,7 +352,9 @@ def cmd_update_bank(args: argparse.Namespace) -> int:
     _print(bank, args.json,
            f"bank v{bank['version']} (parent v{bank['parent']}, {bank['vector_count']} vectors, "
            f"{len(bank['source_images'])} new image(s)) is active; threshold "
-           f"{thr['raw_value']:.4f} ({thr['method']})")
+           f"{thr['raw_value']:.4f} ({thr['method']}): {bank['threshold_note']}"
+           + (f"\nadded on your confirmation: {len(bank['forced'])} image(s) that scored "
+              "as defects" if bank["forced"] else ""))
     return 0
 
 
@@ -455,6 +496,18 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("name")
     hist.set_defaults(func=cmd_history)
 
+    lots = add("lots", help="production lots of a project: counts, reviews, model used")
+    lots.add_argument("name")
+    lots.set_defaults(func=cmd_lots)
+
+    rev = add("review", help="confirm or overrule the verdict on one image of a lot")
+    rev.add_argument("name")
+    rev.add_argument("--batch", required=True, help="the lot (batch) name")
+    rev.add_argument("--image", required=True, metavar="SHA256", help="the image's sha256")
+    rev.add_argument("--verdict", required=True, choices=["good", "defect", "clear"])
+    rev.add_argument("--by", required=True, metavar="WHO", help="who reviewed it")
+    rev.set_defaults(func=cmd_review)
+
     back = add("rollback", help="make an earlier bank version active again (as a new version)")
     back.add_argument("name")
     back.add_argument("--to", type=int, required=True, metavar="VERSION")
@@ -467,12 +520,17 @@ def build_parser() -> argparse.ArgumentParser:
     tset.add_argument("name")
     tset.add_argument("value", type=float)
     tset.add_argument("--by", default="cli", help="who set it (kept in history)")
+    tset.add_argument("--confirm", action="store_true",
+                      help="accept a value outside the sane range of the validation scores")
     tset.set_defaults(func=cmd_threshold_set)
 
     upd = add("update-bank", help="add new good images to the active memory bank")
     upd.add_argument("name")
     upd.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     upd.add_argument("--note")
+    upd.add_argument("--force-suspect", action="store_true",
+                     help="also add images the current model scores as defects (a person "
+                          "checked they are good; recorded in the version's note)")
     upd.add_argument("--background", action="store_true", help=BACKGROUND_HELP)
     upd.set_defaults(func=cmd_update_bank)
 
@@ -499,20 +557,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(exc: BaseException) -> str:
+    """One plain line for any failure: no class names, no traceback (``KENSA_DEBUG=1`` shows
+    it). Out of memory and OS errors get words of their own: their texts are often empty or
+    carry ``[Errno 28]`` noise."""
+    if isinstance(exc, MemoryError):
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return ("out of memory" + (f" ({detail})" if detail else "")
+                + "; try fewer or smaller images, or a machine with more memory")
+    if isinstance(exc, OSError) and exc.strerror:
+        names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+        return exc.strerror + (f": {' -> '.join(names)}" if names else "")
+    if isinstance(exc, SQLAlchemyError):
+        original = getattr(exc, "orig", None)
+        text = str(original if original is not None else exc).strip()
+        return "database error: " + (text.splitlines()[0] if text else "see KENSA_DEBUG=1")
+    text = str(exc).strip()
+    if text:
+        return text.splitlines()[0].strip()
+    return "unexpected internal error; run again with KENSA_DEBUG=1 to see where"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every failure is ``error: <one line>`` on stderr and exit status 2
+    (130 when interrupted), so scripts can rely on the contract whatever went wrong."""
     args = build_parser().parse_args(argv)
     # A failed job's traceback is for worker logs; here the error is one line (below).
     logging.getLogger("kensa.jobs").addHandler(logging.NullHandler())
     args.params = dict(getattr(args, "param_items", []) or [])
     try:
         return args.func(args)
-    except (ValueError, LookupError, OSError, RuntimeError, SQLAlchemyError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
+        _debug_traceback()
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the contract holds for every failure (MemoryError included)
+        _debug_traceback()
+        print(f"error: {error_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _debug_traceback() -> None:
+    if os.environ.get("KENSA_DEBUG", "").strip() not in ("", "0"):
+        traceback.print_exc(file=sys.stderr)
 
 
 if __name__ == "__main__":

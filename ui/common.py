@@ -10,6 +10,7 @@ link opens the same project; the sidebar picker writes it, every page reads it f
 from __future__ import annotations
 
 import os
+import string
 
 import streamlit as st
 
@@ -26,6 +27,7 @@ CHOSEN_KEY = "_project"
 DATASETS_PAGE = "app_pages/datasets.py"
 TRAINING_PAGE = "app_pages/training.py"
 EVALUATION_PAGE = "app_pages/evaluation.py"
+LOTS_PAGE = "app_pages/lots.py"
 NEW_PROJECT_PAGE = "app_pages/new_project.py"
 
 
@@ -101,6 +103,24 @@ def need_project() -> str | None:
         st.page_link(NEW_PROJECT_PAGE, label="Create a project",
                      icon=":material/add_photo_alternate:")
     return name
+
+
+#: Every ASCII punctuation character, each backslash-escaped: CommonMark allows escaping any
+#: of them, and together they cover Markdown, GFM (tables, ~~, autolinks through ``.`` and
+#: ``:``), Streamlit's directives (``:red[…]``, ``:material/…:``) and LaTeX (``$``).
+_MD_ESCAPES = str.maketrans({c: "\\" + c for c in string.punctuation})
+
+
+def plain(text: object) -> str:
+    """``text`` escaped for the elements that render Markdown (titles, captions, alerts, labels,
+    help, image captions, progress texts), on one line, so it shows exactly as typed.
+
+    Names and file names come from users and from archives: a project called
+    ``![x](http://host/a.png)`` made every browser that opened the list fetch that address, and
+    ``[link](http://x)`` showed a link Kensa never wrote. Error texts quote names too, so they
+    go through here as well. ``st.text``, dataframes and select options are plain already.
+    """
+    return " ".join(str(text).split()).translate(_MD_ESCAPES)
 
 
 def fmt(value: float | None, digits: int = 3) -> str:

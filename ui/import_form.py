@@ -11,10 +11,15 @@ from typing import Any
 
 import streamlit as st
 
-from services.data.imports import ImportRefused, start_import_job
+from services.data.imports import (
+    IMPORT_ROOTS_ENV,
+    ImportRefused,
+    import_roots,
+    start_import_job,
+)
 from services.jobs.api import cancel as cancel_job
 from services.jobs.api import get_job
-from ui.common import DATASETS_PAGE, context, open_project
+from ui.common import DATASETS_PAGE, context, open_project, plain
 
 LAST_IMPORT = "_last_import"
 IMPORT_JOB = "_import_job"
@@ -51,8 +56,9 @@ def _run_import(project: str, create: bool, zip_file: Any = None,
     try:
         st.session_state[IMPORT_JOB] = start_import_job(
             context(), project, zip_file=zip_file, folder=folder, create=create)
-    except (ImportRefused, ValueError, RuntimeError) as exc:
-        st.error(f"Nothing was imported: {exc}")
+    except (ImportRefused, ValueError, LookupError, OSError, RuntimeError) as exc:
+        # OSError: the upload could not be saved (disk full, no permission): a message too.
+        st.error(f"Nothing was imported: {plain(exc)}")
         return
     st.rerun()  # draw the job's panel (and follow it) at once
 
@@ -75,7 +81,7 @@ def _import_panel() -> None:
         return
     if job["status"] in ("failed", "cancelled"):
         what = "cancelled" if job["status"] == "cancelled" else job["error"]
-        st.error(f"Nothing was imported: {what}")
+        st.error(f"Nothing was imported: {plain(what)}")
         if st.button("Dismiss", key="dismiss-import-job"):
             del st.session_state[IMPORT_JOB]
             st.rerun()
@@ -83,7 +89,7 @@ def _import_panel() -> None:
     with st.container(border=True):
         stage = job["stage"] or "waiting for the worker"
         st.progress(min(max(float(job["progress"]), 0.0), 1.0),
-                    text=f"Importing {job['payload'].get('name', '')}: {stage} · "
+                    text=f"Importing {plain(job['payload'].get('name', ''))}: {plain(stage)} · "
                          f"{job['progress']:.0%}")
         if st.button("Cancel import", key="cancel-import", icon=":material/stop:"):
             cancel_job(context(), job_id)
@@ -113,8 +119,10 @@ def import_forms(project: str | None, create: bool) -> None:
         new_name = st.text_input("Project name", key="folder-name") if create else project
         folder = st.text_input(
             "Folder path", placeholder="/data/line3/camera1",
-            help="A folder on the computer that runs Kensa. Its images are copied into "
-                 "Kensa's data folder; the original is never changed.",
+            help="A folder on the computer that runs Kensa, inside one of the import "
+                 f"folders ({plain(', '.join(str(r) for r in import_roots(context())))}; the "
+                 f"administrator sets them with {IMPORT_ROOTS_ENV}). Its images are copied "
+                 "into Kensa's data folder; the original is never changed.",
         )
         if st.form_submit_button("Import folder", type="primary"):
             if not new_name or not new_name.strip():

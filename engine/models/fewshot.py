@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,7 +25,7 @@ import torch
 
 from engine.artifacts import write_json_atomic
 from engine.backbones import DEFAULT_BACKBONE
-from engine.coreset import GreedyCoresetSampler
+from engine.coreset import CANDIDATE_FACTOR, CHUNK_ROWS, GreedyCoresetSampler
 from engine.device import pick_device
 from engine.features import Normalization, PatchFeatureExtractor
 from engine.memory_bank import BankIntegrityError, IncrementalMemoryBank, MemoryBank
@@ -185,22 +185,33 @@ class FewShotPatchCore:
             raise ValueError("fit needs at least one good image")
         started = time.perf_counter()
         sources = _sources(images, sources)
-        tensors = [to_tensor(image, self.config.image_size) for image in images]
+        views = views_for(self.config.views, len(images))
+        plan = _FitPlan(len(images), len(views), self.config.max_bank)
+        tensors = []
+        for i, image in enumerate(images):  # a resize per image: hundreds take seconds
+            tensors.append(to_tensor(image, self.config.image_size))
+            if progress:
+                progress("preparing images", plan.prepare * (i + 1) / len(images))
         self.state = FewShotState(self.config, n_shots=len(images), intensity=(
             float(np.mean([t.mean() for t in tensors])),
             float(np.mean([t.std() for t in tensors]))))
-        views = views_for(self.config.views, len(images))
-        all_vectors, all_provenance = self.embed(tensors, views, first_id, progress=progress)
+        # the coreset's share follows from the real patch count, known once images are sized
+        patches = sum((t.shape[-2] // GRID_STRIDE) * (t.shape[-1] // GRID_STRIDE)
+                      for t in tensors) * len(views)
+        extracted = max(plan.prepare, replace(plan, patches=patches).extracted)
+        all_vectors, all_provenance = self.embed(tensors, views, first_id, progress=progress,
+                                                 span=(plan.prepare, extracted))
         bank = MemoryBank(all_vectors, all_provenance)
         if len(bank) > self.config.max_bank:
             if progress:
-                progress("selecting coreset", 0.85)
+                progress("selecting coreset", extracted)
             sampler = GreedyCoresetSampler(size=self.config.max_bank, seed=self.config.seed)
+            lo = extracted
             step = (None if progress is None  # inside the loop: a Cancel stops it (jobs)
-                    else lambda f: progress("selecting coreset", 0.85 + 0.15 * f))
+                    else lambda f: progress("selecting coreset", lo + (1.0 - lo) * f))
             bank = bank.subsample(sampler.run(bank.vectors, progress=step))
-        if progress:
-            progress("done", 1.0)
+        if progress:  # not "done": fit is one step of a training, whose caller says that
+            progress("bank ready", 1.0)
         self.bank = bank
         self.state.records = _records(images, tensors, sources, views, first_id)
         self.state.n_patches = int(all_vectors.shape[0])
@@ -213,12 +224,13 @@ class FewShotPatchCore:
         views: list[tuple[int, bool]],
         first_id: int = 0,
         progress: ProgressFn | None = None,
+        span: tuple[float, float] = (0.0, 0.8),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Patch vectors of every view of every image, provenance in original coordinates.
 
         Shared by ``fit`` and ``update``, so new good images enter the bank exactly as the
         first shots did. View v of image i gets record id ``first_id + i * len(views) + v``,
-        the numbering :func:`_records` uses.
+        the numbering :func:`_records` uses. Progress runs over ``span`` of the caller's 0..1.
         """
         vectors: list[torch.Tensor] = []
         provenance: list[torch.Tensor] = []
@@ -236,7 +248,8 @@ class FewShotPatchCore:
                 ids = torch.full((coords.shape[0], 1), record_id, dtype=torch.int64)
                 provenance.append(torch.cat([ids, coords], dim=1))
             if progress:
-                progress("extracting features", 0.8 * (offset + 1) / len(tensors))
+                lo, hi = span
+                progress("extracting features", lo + (hi - lo) * (offset + 1) / len(tensors))
         return torch.cat(vectors), torch.cat(provenance)
 
     # -- incremental update -----------------------------------------------------------------
@@ -350,7 +363,7 @@ class FewShotPatchCore:
             raise
         except (TypeError, ValueError, KeyError) as exc:
             raise ModelStateError(f"model description {directory / MODEL_FILE}: "
-                                  f"{type(exc).__name__}: {exc}") from None
+                                  f"{exc}") from None  # no class names: pages show this
         bank_name = str(require(payload, "bank_file", directory))
         expected = payload.get("bank_sha256")
         if files is not None:
@@ -367,6 +380,52 @@ class FewShotPatchCore:
         except BankIntegrityError as exc:
             raise ModelStateError(str(exc)) from None
         return model
+
+
+@dataclass(frozen=True)
+class _FitPlan:
+    """Where each step of ``fit`` ends on its 0..1 progress scale, in proportion to its time.
+
+    The constants are seconds per unit measured on the 2-core dev box at 384 px with
+    ``bench/train_scale.py`` (resize of a 1024-px image; backbone pass of one view; greedy step per
+    candidate row); only their ratios matter: a job's time estimate is the elapsed
+    time scaled by the fraction left, which is right when fractions move evenly in time.
+    """
+
+    n_images: int
+    n_views: int
+    max_bank: int
+    #: patch vectors before the coreset; None: square images at 384 px (48 x 48 per view)
+    patches: int | None = None
+
+    PREPARE_S = 0.054
+    EXTRACT_S = 0.31
+    #: one greedy step over one candidate row (47.6 s for 460,800 patches to 10k)
+    ROW_STEP_S = 1.13e-7
+    PATCHES_PER_VIEW = 2304  # a square image at 384 px: 48 x 48
+
+    @property
+    def _costs(self) -> tuple[float, float, float]:
+        patches = (self.patches if self.patches is not None
+                   else self.n_images * self.n_views * self.PATCHES_PER_VIEW)
+        coreset = 0.0
+        if patches > self.max_bank:  # the sampler's work: see engine.coreset
+            budget = CANDIDATE_FACTOR * self.max_bank
+            steps = (min(patches, budget) * self.max_bank
+                     + (budget * CHUNK_ROWS if patches > budget else 0.0))
+            coreset = self.ROW_STEP_S * steps
+        return (self.PREPARE_S * self.n_images, self.EXTRACT_S * self.n_images * self.n_views,
+                coreset)
+
+    @property
+    def prepare(self) -> float:
+        prepare, extract, coreset = self._costs
+        return prepare / (prepare + extract + coreset)
+
+    @property
+    def extracted(self) -> float:
+        prepare, extract, coreset = self._costs
+        return (prepare + extract) / (prepare + extract + coreset)
 
 
 def _sources(images: Sequence[np.ndarray], sources: Sequence[ImageSource] | None

@@ -28,7 +28,13 @@ from services.data.projects import require_project
 THUMB_SIDE = 192
 PREVIEW_SIDE = 900
 OVERLAY_RGB = (230, 40, 40)
-OVERLAY_ALPHA = 0.45
+OVERLAY_ALPHA = 0.35
+#: The mask outline: a yellow line on a black border is visible on dark, light, red and
+#: yellow parts alike (a red outline vanished on red or rusty parts).
+OUTLINE_RGB = (255, 230, 0)
+OUTLINE_BORDER_RGB = (0, 0, 0)
+#: Part of the thumbnail cache key: a changed drawing style must not reuse old thumbnails.
+STYLE = "outline-yellow-black"
 PAD_RGB = (238, 242, 243)  # the theme's secondary background
 
 
@@ -48,7 +54,7 @@ def _stamp(path: Path | None) -> str:
 
 def _key(path: Path, mask: Path | None, overlay: bool, side: int, square: bool) -> str:
     text = "|".join((_stamp(path), _stamp(mask if overlay else None), str(overlay), str(side),
-                     str(square)))
+                     str(square), STYLE))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -64,7 +70,8 @@ def pad_square(image: np.ndarray, side: int) -> np.ndarray:
 
 
 def overlay_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Tint the defect pixels red and outline them, so small defects stay visible when shrunk."""
+    """Tint the defect pixels and outline them (yellow on a black border, visible on any part),
+    so small defects stay visible when shrunk."""
     out = image.astype(np.float32)
     tint = np.asarray(OVERLAY_RGB, np.float32)
     out[mask] = (1 - OVERLAY_ALPHA) * out[mask] + OVERLAY_ALPHA * tint
@@ -72,7 +79,8 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
                                    cv2.CHAIN_APPROX_SIMPLE)
     width = max(1, round(max(image.shape[:2]) / 200))
-    cv2.drawContours(out, contours, -1, OVERLAY_RGB, width)
+    cv2.drawContours(out, contours, -1, OUTLINE_BORDER_RGB, width + 2 * max(1, width // 2 + 1))
+    cv2.drawContours(out, contours, -1, OUTLINE_RGB, width)
     return out
 
 
@@ -160,6 +168,12 @@ class GalleryItem:
     width: int | None
     height: int | None
 
+    @property
+    def title(self) -> str:
+        """Split, label or defect type, and file name: names repeat across folders
+        (``000.png`` in train/good and test/crack), so the name alone does not say which."""
+        return f"{self.split} · {self.defect_type or self.label} · {self.name}"
+
 
 @dataclass
 class DatasetOverview:
@@ -244,7 +258,8 @@ def gallery_page(
 
 
 def image_detail(item: GalleryItem) -> dict[str, str]:
-    """The metadata table of the detail view, every value read from the row or the file."""
+    """The metadata table of the detail view, every value read from the row or the file (the
+    details may show the file's path and checksum; cards and captions do not)."""
     size = file_size(item.path)
     return {
         "File": item.path,

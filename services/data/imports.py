@@ -16,6 +16,7 @@ so an image must never change under a trained model).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -58,6 +59,8 @@ _MAGIC = (
     b"MM\x00+",
 )
 
+
+log = logging.getLogger(__name__)
 
 #: Environment variable for the per-import quota of uncompressed bytes, in GB (default 4).
 IMPORT_QUOTA_ENV = "KENSA_IMPORT_MAX_GB"
@@ -361,15 +364,19 @@ def import_zip(
     destination: Path,
     limits: ImportLimits = ImportLimits(),
     progress: ProgressFn | None = None,
+    report: ImportReport | None = None,
 ) -> ImportReport:
     """Extract the safe image entries of a zip into ``destination``; list the rest.
+
+    ``report`` (optional) is filled as the files land, so a caller that meets an exception
+    still knows which files this import wrote (and can remove them again).
 
     Refuses the whole archive (``ImportRefused``, nothing written) when it is not a zip, has
     too many entries, announces more than ``max_total_bytes`` or holds no data set layout;
     otherwise every entry is judged on its own.
     """
     destination = Path(destination)
-    report = ImportReport(destination)
+    report = report if report is not None else ImportReport(destination)
     try:
         archive = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -433,6 +440,79 @@ def _inside(path: Path, root: Path) -> bool:
     return True
 
 
+# --------------------------------------------------------------------------- import roots
+
+#: Environment variable: the server folders a browser may import from (``os.pathsep``-separated).
+IMPORT_ROOTS_ENV = "KENSA_IMPORT_ROOTS"
+#: Folders of the operating system: never an import root, nor anything inside them.
+_SYSTEM_FOLDERS = (
+    "/etc", "/proc", "/sys", "/dev", "/boot", "/root", "/var", "/usr", "/bin", "/sbin",
+    "/lib", "/lib32", "/lib64", "/libx32", "/run", "/snap",
+)
+
+
+def _system_folder(folder: Path) -> str | None:
+    """The system folder ``folder`` is (or lies in), else None; ``/root`` counts unless it is
+    the home folder of the account running Kensa (a server run as root)."""
+    if folder == Path(folder.anchor):
+        return folder.anchor
+    home = Path.home().resolve()
+    for system in _SYSTEM_FOLDERS:
+        base = Path(system)
+        if base == Path("/root") and (folder == home or home in folder.parents):
+            continue
+        if folder == base or base in folder.parents:
+            return system
+    return None
+
+
+def import_roots(ctx: Kensa) -> list[Path]:
+    """The folders a page may import from, resolved; ``$KENSA_HOME/inbox`` is created.
+
+    ``KENSA_IMPORT_ROOTS`` lists them; by default they are the home folder of the account
+    running the server and ``$KENSA_HOME/inbox``. A browser user types any path into the
+    folder form, and the server reads it with its own rights: without roots, ``/etc`` or the
+    administrator's SSH keys were one click away. System folders are dropped even when listed
+    (with a warning in the log), so a typo such as ``/`` cannot open the whole machine.
+    """
+    raw = os.environ.get(IMPORT_ROOTS_ENV, "").strip()
+    if raw:
+        listed = [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
+    else:
+        inbox = ctx.home / "inbox"
+        inbox.mkdir(parents=True, exist_ok=True)
+        listed = [Path.home(), inbox]
+    roots: list[Path] = []
+    for folder in listed:
+        resolved = folder.resolve()
+        system = _system_folder(resolved)
+        if system is not None:
+            log.warning("%s=%s: %s is a system folder (%s) and is not an import folder",
+                        IMPORT_ROOTS_ENV, raw or "(default)", folder, system)
+        elif resolved not in roots:
+            roots.append(resolved)
+    return roots
+
+
+def allowed_folder(ctx: Kensa, folder: str | os.PathLike[str]) -> Path:
+    """``folder`` resolved, when it is an existing folder under an import root.
+
+    Links are resolved first, so a link inside a root that points at ``/etc`` is outside.
+    A missing folder and one outside the roots get the same message, so the form cannot be
+    used to probe which folders exist on the server. The CLI does not call this: it runs as
+    the operator, with the operator's own rights.
+    """
+    if not str(folder).strip():
+        raise ImportRefused("type the path of a folder on this server")
+    roots = import_roots(ctx)
+    target = Path(folder).expanduser().resolve()
+    inside = any(target == root or root in target.parents for root in roots)
+    if not inside or _system_folder(target) is not None or not target.is_dir():
+        where = ", ".join(str(r) for r in roots) or f"none: set {IMPORT_ROOTS_ENV}"
+        raise ImportRefused(f"no such folder under the import folders ({where}): {folder}")
+    return target
+
+
 # --------------------------------------------------------------------------- folder
 
 
@@ -454,8 +534,14 @@ def import_folder(
     destination: Path,
     limits: ImportLimits = ImportLimits(),
     progress: ProgressFn | None = None,
+    report: ImportReport | None = None,
 ) -> ImportReport:
-    """Copy the image files of a server folder into ``destination``, with the zip's checks."""
+    """Copy the image files of a server folder into ``destination``, with the zip's checks.
+
+    No import-root check here (the demo and the tests copy from anywhere): the pages' and
+    jobs' entry point :func:`import_data` checks ``source`` with :func:`allowed_folder`.
+    ``report`` as in :func:`import_zip`.
+    """
     if not str(source).strip():
         raise ImportRefused("type the path of a folder on this server")
     src_root = Path(source).expanduser()
@@ -465,7 +551,7 @@ def import_folder(
     destination = Path(destination)
     if _inside(destination, src_root) or _inside(src_root, destination):
         raise ImportRefused(f"{src_root}: cannot import a folder into itself")
-    report = ImportReport(destination)
+    report = report if report is not None else ImportReport(destination)
     accepted: list[tuple[Path, PurePosixPath]] = []
     for path in _walk(src_root):
         rel = PurePosixPath(*path.relative_to(src_root).parts)
@@ -600,6 +686,21 @@ def _fresh_dir(home: Path, name: str) -> Path:
     return candidate
 
 
+def _undo(files: ImportReport, created: bool) -> None:
+    """Take back what a failed or cancelled import wrote: a new project's whole folder, or
+    the files it added to an existing project's folder (and the folders they emptied), so a
+    failure never leaves files that no database row knows about."""
+    destination = files.destination
+    if created:
+        shutil.rmtree(destination, ignore_errors=True)
+        return
+    for rel in files.imported:
+        target = destination.joinpath(*PurePosixPath(rel).parts)
+        target.unlink(missing_ok=True)
+        parents = [p for p in target.parents if destination in p.parents]
+        _remove_empty(list(reversed(parents)))
+
+
 def import_data(
     ctx: Kensa,
     name: str,
@@ -612,13 +713,17 @@ def import_data(
 ) -> DataImport:
     """Import a zip or a server folder into project ``name`` (new when ``create``).
 
+    ``folder`` must lie under an import root (:func:`allowed_folder`): this is the one entry
+    point of the pages' and jobs' folder imports.
+
     A new project gets a fresh ``imports/<name>/`` folder; an existing one receives the files
     in its own import folder and is re-scanned, so only new images are added. A project that
     reads a folder outside ``imports/`` (made with the CLI) is re-scanned only: Kensa does
     not write into folders it does not own.
 
-    ``progress(stage, fraction)`` is called per file (copying: 0-0.6, indexing: 0.6-1); when
-    it raises (a job's Cancel), a new project's half-copied folder is removed again.
+    ``progress(stage, fraction)`` is called per file (copying: 0-0.6, indexing: 0.6-1). On any
+    failure (a job's Cancel, a full disk, a database error) what the import wrote is removed
+    again (:func:`_undo`) and the exception goes on to the job, which shows it as a message.
     """
     try:
         name = clean_name(name)
@@ -631,6 +736,8 @@ def import_data(
         raise ImportRefused(f"a project named {name!r} already exists; choose another name")
     if not create and name not in existing:
         raise ImportRefused(f"there is no project named {name!r}")
+    if folder is not None:
+        folder = allowed_folder(ctx, folder)  # before anything is read or created
     if create:
         destination = _fresh_dir(ctx.home, name)
     else:
@@ -648,23 +755,18 @@ def import_data(
     def indexing(stage: str, fraction: float) -> None:
         report_fn(stage, 0.6 + 0.4 * fraction)
 
+    files = ImportReport(destination)
     try:
-        files = (import_zip(zip_file, destination, limits, copying) if zip_file is not None
-                 else import_folder(folder, destination, limits, copying))
-    except BaseException:
-        if create and destination.exists():
-            shutil.rmtree(destination)
-        raise
-    if files.dataset_root is None:
-        if create and destination.exists():
-            shutil.rmtree(destination)
-        raise ImportRefused("no images could be imported; see the list of refused files")
-    try:
+        if zip_file is not None:
+            import_zip(zip_file, destination, limits, copying, files)
+        else:
+            import_folder(folder, destination, limits, copying, files)
+        if files.dataset_root is None:
+            raise ImportRefused("no images could be imported; see the list of refused files")
         report = create_project(ctx, name, files.dataset_root, progress=indexing,
                                 refused=[(r.name, r.reason) for r in files.rejected])
     except BaseException:
-        if create and destination.exists():
-            shutil.rmtree(destination)
+        _undo(files, create)
         raise
     return DataImport(name, files, report.found, report.added, report.problems)
 
@@ -720,7 +822,7 @@ def start_import_job(
     if zip_file is not None:
         payload["zip"] = ctx.stored(save_upload(ctx, zip_file))
     else:
-        payload["folder"] = str(Path(str(folder)).expanduser())
+        payload["folder"] = str(allowed_folder(ctx, str(folder)))  # the job checks it again
     project_id = existing[name]["id"] if name in existing else None
     return submit(ctx, "import", payload, project_id=project_id)
 

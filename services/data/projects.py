@@ -30,6 +30,7 @@ from engine.data import (
 )
 from services.context import Kensa
 from services.data.names import clean_name, lookup_name
+from services.wording import method_words, model_and_bank, model_name, model_numbers
 
 #: The flat layout has no split; the database keeps train/val/test only. Goods become
 #: training candidates, defects test images (training never uses defects).
@@ -181,6 +182,12 @@ def project_index(session: Session, project: Project) -> DatasetIndex:
     return DatasetIndex(Path(project.data_root), "database", records, [])
 
 
+def _number(metrics: dict[str, Any] | None, key: str) -> float | None:
+    """A stored metric if the run produced it (None, never a made-up 0, otherwise)."""
+    value = (metrics or {}).get(key)
+    return float(value) if isinstance(value, int | float) else None
+
+
 def project_status(ctx: Kensa, name: str) -> dict[str, Any]:
     """Everything the home page's status card shows, read in one read-only transaction."""
     with ctx.session(readonly=True) as s:
@@ -198,10 +205,16 @@ def project_status(ctx: Kensa, name: str) -> dict[str, Any]:
         mv = active_model_version(s, project.id)
         bank = repo.get_active_state_version(s, mv.id) if mv else None
         threshold = repo.get_active_threshold(s, bank.id) if bank else None
+        versions = repo.list_model_versions(s, project.id)  # newest first
         running = [
-            m for m in repo.list_model_versions(s, project.id)
+            m for m in versions
             if m.status in (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
         ]
+        # the newest finished run, when it failed: the card says so (no silent fall-back)
+        ended = [m for m in versions if m.status not in (RunStatus.QUEUED.value,
+                                                         RunStatus.RUNNING.value)]
+        failed = ended[0] if ended and ended[0].status == RunStatus.FAILED.value else None
+        numbers = model_numbers(s, project.id)
         summaries = repo.batch_summaries(s, project.id)
         last = max(summaries, key=lambda b: (b.started_at, b.batch_id)) if summaries else None
         return {
@@ -217,6 +230,10 @@ def project_status(ctx: Kensa, name: str) -> dict[str, Any]:
             "active_model_version": None if mv is None else {
                 "id": mv.id, "algorithm": mv.algorithm, "backbone": mv.backbone,
                 "params": mv.params, "metrics": mv.metrics, "finished_at": mv.finished_at,
+                "number": numbers.get(mv.id),
+                # "Model 2 · update 1": the model numbered within the project, and its bank
+                "label": model_and_bank(numbers.get(mv.id), bank.version if bank else None),
+                "separation": _number(mv.metrics, "image_auroc"),
             },
             "active_bank_version": None if bank is None else {
                 "id": bank.id, "version": bank.version, "kind": bank.kind,
@@ -225,12 +242,19 @@ def project_status(ctx: Kensa, name: str) -> dict[str, Any]:
             "active_threshold": None if threshold is None else {
                 "id": threshold.id, "method": threshold.method,
                 "raw_value": threshold.raw_value, "normalized_value": threshold.normalized_value,
+                "method_words": method_words(threshold.method),
                 "created_at": threshold.created_at,
             },
             "training": [
-                {"id": m.id, "status": m.status, "stage": m.stage, "progress": m.progress}
+                {"id": m.id, "status": m.status, "stage": m.stage, "progress": m.progress,
+                 "label": model_name(numbers.get(m.id))}
                 for m in running
             ],
+            "last_failed_training": None if failed is None else {
+                "id": failed.id, "label": model_name(numbers.get(failed.id)),
+                "error": failed.error or "no details were recorded",
+                "finished_at": failed.finished_at,
+            },
             "batches": totals["batches"],
             "predictions": totals["predictions"],
             "last_batch": None if last is None else {

@@ -2,7 +2,7 @@
 
 * ``set_threshold`` adds a threshold row and deactivates the old one;
 * ``update_bank`` turns a few new good images into bank version n+1 (parent n) with a
-  re-validated threshold;
+  re-validated threshold; it refuses what would poison the bank (see :func:`update_bank`);
 * ``rollback`` appends a ``rollback`` version that reuses an earlier version's file.
 
 Versions are state versions of any model (``state_versions``); "bank" is the word for the
@@ -28,7 +28,7 @@ import numpy as np
 import db.repositories as repo
 from db.models import StateKind
 from engine import thresholds
-from engine.data import ImageLoadError, load_image, sha256_file
+from engine.data import ImageLoadError, degenerate_reason, load_image_and_sha256
 from engine.models import (
     AnomalyModel,
     Capability,
@@ -55,9 +55,29 @@ from services.training.fit import Validation, choose_threshold
 # --------------------------------------------------------------------------- thresholds
 
 
+def validation_scores(session: Any, project_id: int, active: ActiveModel
+                      ) -> tuple[list[float], list[float]]:
+    """(good scores, every score) a threshold of the active model is judged against.
+
+    Good scores are those the active threshold row was calibrated on; every score adds the
+    stored validation batch (defects included) of the active model version.
+    """
+    good = [float(v) for v in active.rule.normal_scores or active.calibration.normal_scores]
+    batch = repo.get_batch_by_name(session, project_id,
+                                   validation_batch_name(active.model_version_id))
+    every = [] if batch is None else [float(v) for v in repo.batch_scores(session, batch.id)]
+    return good, every
+
+
 def set_threshold(ctx: Kensa, name: str, value: float, method: str = "manual",
-                  created_by: str | None = None) -> dict[str, Any]:
+                  created_by: str | None = None, confirm_extreme: bool = False
+                  ) -> dict[str, Any]:
     """Make ``value`` the active threshold of the active bank; the old row stays, inactive.
+
+    A threshold of -1, 0 or 1e308 once went in unnoticed and turned every verdict into
+    "defect" or "good": ``value`` must be finite and inside the sane range of the model's
+    validation scores (:func:`engine.thresholds.sane_range`), unless ``confirm_extreme``
+    says a person means it (then ``params["confirmed_extreme"]`` records that).
 
     The bank's calibration (median good score, validated threshold) is carried over, so
     normalized scores keep their meaning and ``normalized_value`` shows where the new
@@ -67,16 +87,28 @@ def set_threshold(ctx: Kensa, name: str, value: float, method: str = "manual",
     with ctx.session() as s:
         project = require_project(s, name)
         active = active_model(ctx, s, project)
+        good, every = validation_scores(s, project.id, active)
+        thresholds.check_sane(value, good, every, confirm_extreme=confirm_extreme)
+        extreme = not _is_sane(value, good, every)  # only reached when confirmed
         current = repo.get_threshold(s, active.threshold_id)
         row = repo.add_threshold(
             s, active.bank_version_id, method=method, raw_value=value,
             normalized_value=float(active.calibration.normalized(value)),
-            params=threshold_params({"previous": current.raw_value},
+            params=threshold_params({"previous": current.raw_value,
+                                     **({"confirmed_extreme": True} if extreme else {})},
                                     current.params.get("normal_scores", ()),
                                     active.calibration.value),
             created_by=created_by,
         )
         return _threshold_dict(row, active.model_version_id, active.bank_version)
+
+
+def _is_sane(value: float, good: Sequence[float], every: Sequence[float]) -> bool:
+    try:
+        thresholds.check_sane(value, good, every)
+    except ValueError:
+        return False
+    return True
 
 
 def _threshold_dict(row: Any, model_version_id: int, bank_version: int) -> dict[str, Any]:
@@ -113,10 +145,10 @@ def _revalidate(model: AnomalyModel, items: list[tuple[str, str, int]],
         if sha in exclude:  # now part of the bank: its score would say nothing
             continue
         try:
-            if sha256_file(path) != sha:
-                continue
-            image = load_image(path)
+            image, digest = load_image_and_sha256(path)
         except (OSError, ImageLoadError):
+            continue
+        if digest != sha:
             continue
         paths.append(path)
         labels.append(label)
@@ -146,14 +178,90 @@ def _new_threshold(validation: Validation | None, active: ActiveModel) -> dict[s
             "params": {"kept": reason}}
 
 
+class BankUpdateRefused(ValueError):
+    """Images that would poison the bank; nothing was written (the message names each one)."""
+
+
+def _candidates(ctx: Kensa, name: str, files: Sequence[Path]
+                ) -> tuple[list[np.ndarray], list[ImageSource], list[dict[str, str]],
+                           list[str]]:
+    """Decode the candidate images: (images, sources, unreadable files, refusals).
+
+    Each file is read once: its sha256 is that of the decoded bytes. Refused, by name: images
+    the project labels ``defect`` (by content, whatever the file is called now) and images too
+    small or too flat to teach "good" (:func:`engine.data.degenerate_reason`).
+    """
+    with ctx.session(readonly=True) as s:
+        project = require_project(s, name)
+        defects = {i.sha256: i.path for i in repo.list_images(s, project.id, label="defect")}
+    images, sources, problems, refused = [], [], [], []
+    for path in files:
+        try:
+            image, digest = load_image_and_sha256(path)
+        except (OSError, ImageLoadError) as exc:
+            problems.append({"path": str(path), "problem": str(exc)})
+            continue
+        if digest in defects:
+            refused.append(f"{path} is labelled defect in project {name!r} (as {defects[digest]})"
+                           "; a defect image must never become part of what the model calls good")
+            continue
+        reason = degenerate_reason(image)
+        if reason:
+            refused.append(f"{path}: {reason}")
+            continue
+        images.append(image)
+        sources.append(ImageSource(str(Path(path).resolve()), digest))
+    return images, sources, problems, refused
+
+
+def _suspects(model: AnomalyModel, images: Sequence[np.ndarray], sources: Sequence[ImageSource],
+              rule: ThresholdInfo) -> list[dict[str, Any]]:
+    """Candidates the CURRENT model already scores as defects (score >= active threshold)."""
+    out = []
+    for image, src in zip(images, sources, strict=True):
+        score = float(model.score([image]).scores[0])
+        if score >= rule.value:
+            out.append({"path": src.path, "sha256": src.sha256, "score": score,
+                        "threshold": rule.value})
+    return out
+
+
+def _suspect_message(s: dict[str, Any]) -> str:
+    return (f"{s['path']} scores {s['score']:.4g}, above the threshold {s['threshold']:.4g}: "
+            "it looks like a defect; add it only if a person confirms it is good "
+            "(--force-suspect)")
+
+
+def _threshold_note(active: ActiveModel, chosen: dict[str, Any]) -> str:
+    """What happened to the threshold, in words (a manual one is never replaced silently)."""
+    old, new = active.rule.value, chosen["value"]
+    if chosen.get("kept_manual"):
+        return (f"your manual threshold {old:.4g} was kept; the re-validated suggestion is "
+                f"{chosen['suggested']:.4g}")
+    if "kept" in chosen["params"]:
+        return f"threshold {old:.4g} kept ({chosen['params']['kept']})"
+    return (f"threshold {old:.4g} -> {new:.4g} ({chosen['method']}, re-validated on "
+            f"{chosen['params'].get('revalidated_on', 0)} image(s))")
+
+
 def update_bank(ctx: Kensa, name: str, image_paths: Sequence[str | Path], note: str | None = None,
-                progress: ProgressFn | None = None) -> dict[str, Any]:
+                progress: ProgressFn | None = None, force_suspect: bool = False
+                ) -> dict[str, Any]:
     """Add a few new good images to the active bank: bank version n+1 plus its threshold.
+
+    A bank update tells the model "this is good"; a defect slipped in makes that defect score
+    "good" with full confidence from then on, silently. So before anything is written it
+    refuses (:class:`BankUpdateRefused`, every file named): images the project labels defect,
+    degenerate images (tiny or flat), and images the current model scores at or above the
+    active threshold, with their score; the last kind goes in only with ``force_suspect``
+    (a person confirmed them), which the version's note records by file and score.
 
     The threshold is re-chosen on the stored validation images that still exist unchanged
     (same rule as training); when none do, the previous threshold is kept, as a new row of the
-    new version. Returns the new bank version (as in :func:`history`) with its ``threshold``
-    and the ``problems`` (files that could not be read, by name).
+    new version. A threshold a person set by hand (method ``manual``) is kept, and the result's
+    ``threshold_note`` says so with the re-validated suggestion. Returns the new bank version
+    (as in :func:`history`) with its ``threshold``, ``threshold_note``, ``forced`` (suspects
+    added on confirmation) and ``problems`` (files that could not be read, by name).
     """
     report = progress or (lambda stage, fraction: None)
     files = [f for p in image_paths for f in image_files(Path(p))]
@@ -164,29 +272,38 @@ def update_bank(ctx: Kensa, name: str, image_paths: Sequence[str | Path], note: 
     if Capability.INCREMENTAL_UPDATE not in spec.capabilities:
         raise ValueError(f"the model of {name!r} ({spec.title}) cannot learn new good images "
                          "after training; train a new model version that includes them")
-    images, sources, problems = [], [], []
-    for path in files:
-        try:
-            digest, image = sha256_file(path), load_image(path)
-        except (OSError, ImageLoadError) as exc:
-            problems.append({"path": str(path), "problem": str(exc)})
-            continue
-        images.append(image)
-        sources.append(ImageSource(str(Path(path).resolve()), digest))
-    if not images:
+    images, sources, problems, refused = _candidates(ctx, name, files)
+    if not images and not refused:
         raise ValueError("none of the images could be read: "
                          + "; ".join(p["problem"] for p in problems))
-    shas = [src.sha256 for src in sources]
     report("loading model", 0.05)
     model = load_model(active).model
+    report("checking the new images", 0.08)
+    suspects = _suspects(model, images, sources, active.rule)
+    if not force_suspect:
+        refused += [_suspect_message(x) for x in suspects]
+    if refused:
+        raise BankUpdateRefused(f"bank not updated, {len(refused)} image(s) refused: "
+                                + "; ".join(refused))
+    shas = [src.sha256 for src in sources]
     with ctx.session(readonly=True) as s:  # ids never reused, even those of rolled-back updates
         first_id = repo.next_provenance_id(s, active.model_version_id)
     report("extracting features", 0.1)
     grown = _grow(model, images, sources, first_id)
     validation = _revalidate(grown.model, _validation_set(ctx, name, active), set(shas), report)
     chosen = _new_threshold(validation, active)
+    if active.rule.method == "manual":  # a person's choice is never replaced silently
+        chosen = {**chosen, "kept_manual": True, "suggested": chosen["value"],
+                  "method": "manual", "value": active.rule.value,
+                  "params": {**chosen["params"], "kept_manual": active.rule.value,
+                             "suggested": chosen["value"], "suggested_method": chosen["method"]}}
     normal = tuple(float(v) for v in chosen["normal"])
     calibration = ThresholdInfo(chosen["calibration"], "calibration", normal)
+    forced = [{k: x[k] for k in ("path", "score", "threshold")} for x in suspects]
+    text = note or f"added {len(images)} good image(s)"
+    if forced:
+        text += "; added on a person's confirmation although they scored as defects: " + \
+            ", ".join(f"{x['path']} ({x['score']:.4g} >= {x['threshold']:.4g})" for x in forced)
     report("saving bank", 0.95)
     state_dir = ctx.new_state_dir(active.project_id, active.model_version_id)
     files_written = grown.model.save(state_dir)
@@ -194,27 +311,30 @@ def update_bank(ctx: Kensa, name: str, image_paths: Sequence[str | Path], note: 
         bank = repo.add_state_version(
             s, active.model_version_id, kind=StateKind.INCREMENTAL.value,
             state_format=active.state_format, directory=ctx.stored(state_dir),
-            files=files_written, **state_columns(grown.model), source_images=shas,
-            note=note or f"added {len(images)} good image(s)",
+            files=files_written, **state_columns(grown.model), source_images=shas, note=text,
         )
         if bank.parent_id != active.bank_version_id:
             raise RuntimeError("the active bank changed while this update ran; run it again")
         store_records(s, active.model_version_id, bank.id, grown.records)
+        params = chosen["params"] if not forced else {**chosen["params"], "forced": forced}
         threshold = repo.add_threshold(
             s, bank.id, method=chosen["method"], raw_value=chosen["value"],
             normalized_value=float(calibration.normalized(chosen["value"])),
-            params=threshold_params(chosen["params"], normal, calibration.value),
+            params=threshold_params(params, normal, calibration.value),
             created_by="update_bank",
         )
         out = _bank_dict(bank, {bank.parent_id: active.bank_version}, ctx)
         out["threshold"] = _threshold_dict(threshold, active.model_version_id, bank.version)
     report("done", 1.0)
+    out["threshold_note"] = _threshold_note(active, chosen)
+    out["forced"] = forced
     out["problems"] = problems
     return out
 
 
 def bank_update_payload(ctx: Kensa, name: str, image_paths: Sequence[str | Path],
-                        note: str | None = None) -> tuple[dict[str, Any], int]:
+                        note: str | None = None, force_suspect: bool = False
+                        ) -> tuple[dict[str, Any], int]:
     """The ``update_bank`` job's payload and project id; refuses a project without a model now.
 
     Paths are made absolute: the job may run in another process (or on another machine
@@ -224,18 +344,19 @@ def bank_update_payload(ctx: Kensa, name: str, image_paths: Sequence[str | Path]
     paths = [str(Path(p).expanduser().resolve()) for p in image_paths]
     if not paths:
         raise ValueError("no image files given to add to the bank")
-    return {"name": name, "paths": paths, "note": note}, active.project_id
+    return ({"name": name, "paths": paths, "note": note, "force_suspect": bool(force_suspect)},
+            active.project_id)
 
 
 def start_bank_update_job(ctx: Kensa, name: str, image_paths: Sequence[str | Path],
-                          note: str | None = None) -> int:
+                          note: str | None = None, force_suspect: bool = False) -> int:
     """:func:`update_bank` as a queued job, so a page does not block on it; returns the job id.
 
     The new version shows up in :func:`history` when the job commits.
     """
     from services.jobs.api import submit
 
-    payload, project_id = bank_update_payload(ctx, name, image_paths, note)
+    payload, project_id = bank_update_payload(ctx, name, image_paths, note, force_suspect)
     return submit(ctx, "update_bank", payload, project_id=project_id)
 
 
@@ -313,13 +434,45 @@ def _bank_dict(bank: Any, version_of: dict[int | None, int], ctx: Kensa) -> dict
     }
 
 
+def _runs(ctx: Kensa, name: str) -> list[dict[str, Any]]:
+    """Training runs oldest first: the model version's status and error next to its job's.
+
+    The job list is read first, which reaps jobs whose worker stopped (heartbeat too old):
+    a killed training then shows as failed with the reason instead of "running" for ever.
+    """
+    from services.jobs.api import list_jobs
+
+    jobs: dict[int, dict[str, Any]] = {}
+    for job in list_jobs(ctx, name, kinds=["train"], limit=None):  # newest first
+        mv_id = job["payload"].get("model_version_id")
+        if isinstance(mv_id, int):
+            jobs.setdefault(mv_id, job)
+    with ctx.session(readonly=True) as s:
+        project = require_project(s, name)
+        rows = list(reversed(repo.list_model_versions(s, project.id)))
+        out = []
+        for mv in rows:
+            job = jobs.get(mv.id)
+            out.append({
+                "model_version_id": mv.id, "algorithm": mv.algorithm, "backbone": mv.backbone,
+                "status": mv.status, "stage": mv.stage, "progress": mv.progress,
+                "error": mv.error, "created_at": mv.created_at, "started_at": mv.started_at,
+                "finished_at": mv.finished_at, "fit_seconds": mv.fit_seconds,
+                "job_id": None if job is None else job["id"],
+                "job_status": None if job is None else job["status"],
+                "job_error": None if job is None else job["error"],
+            })
+    return out
+
+
 def history(ctx: Kensa, name: str) -> dict[str, Any]:
-    """Bank versions, thresholds and batches of a project, oldest first, in one snapshot.
+    """Runs, bank versions, thresholds and batches of a project, oldest first.
 
     Every bank version keeps its own active threshold (restored by a rollback); ``in_use``
     marks the one scoring applies now: the active threshold of the active bank of the active
-    model version.
+    model version. ``runs`` lists every training, failed and cancelled ones included.
     """
+    runs = _runs(ctx, name)
     with ctx.session(readonly=True) as s:
         project = require_project(s, name)
         mv = active_model_version(s, project.id)
@@ -337,6 +490,7 @@ def history(ctx: Kensa, name: str) -> dict[str, Any]:
     return {
         "project": name,
         "active_model_version": None if mv is None else mv.id,
+        "runs": runs,
         "memory_bank_versions": banks,
         "thresholds": sorted(thresholds_out, key=lambda t: t["id"]),
         "batches": batches,

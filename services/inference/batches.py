@@ -30,6 +30,7 @@ import db.repositories as repo
 from db.models import Project, Threshold
 from engine.models import AnomalyModel, registry
 from services.context import Kensa
+from services.data.names import clean_name, lookup_name
 from services.data.projects import active_model_version, require_project
 from services.inference.scoring import (
     ImagePrediction,
@@ -215,31 +216,40 @@ def score_batch(
     Images already in the batch (same sha256) are skipped, so rescoring resumes an interrupted
     run. Unreadable files are reported by name and skipped. Each heatmap is written before the
     row that points at it; rows are committed ``chunk`` at a time.
+
+    The batch row is created only once the model has loaded: a model that fails to load (or a
+    path without images) leaves no empty batch behind in the history. ``scored`` and
+    ``predictions`` are what THIS run inserted: a concurrent run into the same batch that got
+    an image in first counts it, this one counts it as ``skipped``.
     """
-    batch_name = batch_name.strip()
-    if not batch_name:
-        raise ValueError("a batch needs a name")
+    batch_name = clean_name(batch_name, "batch")  # NameRefused (a ValueError) says why
     if batch_name.startswith(VALIDATION_PREFIX):
         raise ValueError(f"batch names starting with {VALIDATION_PREFIX!r} are reserved for "
                          "a model's validation scores; choose another batch name")
     files = image_files(Path(path))  # FileNotFoundError names the path
+    if not files:
+        raise ValueError(f"{path}: no image files (PNG, JPEG, BMP, TIFF) to score")
     with ctx.session(readonly=True) as s:
         project = require_project(s, name)
         active = active_model(ctx, s, project)
     if model is not None and model.state_digest != active.state_digest:
         raise ValueError("the given model holds another state than the active one; reload it")
+    loaded = model or load_model(active)  # before the batch exists: a failure leaves none
     batch_id, created = _open_batch(ctx, project, batch_name, str(Path(path).resolve()))
     with ctx.session(readonly=True) as s:
         skip = repo.scored_shas(s, batch_id)
-    loaded = model or load_model(active)
     result = BatchResult(batch_id, batch_name, created, len(files), 0, 0, active.bank_version,
                          active.rule.value)
     pending: list[dict[str, Any]] = []
+    heatmaps: dict[str, str] = {}
 
     def flush() -> None:
         if pending:
             with ctx.session() as s:
-                result.scored += repo.add_predictions(s, batch_id, pending)
+                inserted = repo.add_new_predictions(s, batch_id, pending)
+            result.scored += len(inserted)
+            result.predictions += [{**row, "heatmap_path": heatmaps[row["image_sha256"]]}
+                                   for row in pending if row["image_sha256"] in inserted]
             pending.clear()
 
     # ``skip`` grows as we go, so a file present twice in the folder is scored once.
@@ -253,14 +263,14 @@ def score_batch(
         row = prediction_row(ctx, item, active.calibration, heatmap, active.bank_version_id,
                              active.threshold_id)
         pending.append(row)
-        result.predictions.append({**row, "heatmap_path": str(heatmap)})
+        heatmaps[item.sha256] = str(heatmap)
         if len(pending) >= chunk:
             flush()
     flush()
     with ctx.session() as s:
         repo.finish_batch(s, batch_id)
-    # Already in the batch, or the same content twice in the folder.
-    result.skipped = len(files) - len(result.problems) - len(result.predictions)
+    # Already in the batch (before or by a concurrent run), or the same content twice here.
+    result.skipped = len(files) - len(result.problems) - result.scored
     return result
 
 
@@ -279,7 +289,7 @@ def batch_predictions(ctx: Kensa, name: str, batch_name: str) -> list[dict[str, 
     """
     with ctx.session(readonly=True) as s:
         project = require_project(s, name)
-        batch = repo.get_batch_by_name(s, project.id, batch_name)
+        batch = repo.get_batch_by_name(s, project.id, lookup_name(batch_name))
         if batch is None:
             raise LookupError(f"project {name!r} has no batch named {batch_name!r}")
         labels = {i.sha256: i for i in repo.list_images(s, project.id)}

@@ -154,14 +154,17 @@ register(JobKind("import", "import", _import))
 
 
 def _score(ctx: Kensa, job: JobInfo, report: Report) -> dict[str, Any]:
+    """A folder or image (CLI ``path``, page ``folder``) or an uploaded ``zip`` (a lot)."""
     from services.inference.batches import score_batch
+    from services.inference.lots import prepare_source
 
     p = job.payload
-    report("loading the model", 0.0)
-    result = score_batch(ctx, p["name"], p["path"], p["batch"],
-                         progress=lambda done, total: report("scoring images",
-                                                             done / max(1, total)))
-    return result.as_dict()
+    source = prepare_source(ctx, p, report)  # unpacks a zip; checks a page's folder again
+    report("loading the model", source.scoring(0.0))
+    result = score_batch(ctx, p["name"], source.path, p["batch"],
+                         progress=lambda done, total: report(
+                             "scoring images", source.scoring(done / max(1, total))))
+    return {**result.as_dict(), **source.extra}
 
 
 def _score_store(result: dict[str, Any]) -> dict[str, Any]:
@@ -180,7 +183,8 @@ def _update_bank(ctx: Kensa, job: JobInfo, report: Report) -> dict[str, Any]:
     from services.history.versions import update_bank
 
     p = job.payload
-    return update_bank(ctx, p["name"], p["paths"], note=p.get("note"), progress=report)
+    return update_bank(ctx, p["name"], p["paths"], note=p.get("note"), progress=report,
+                       force_suspect=bool(p.get("force_suspect")))
 
 
 register(JobKind("update_bank", "bank update", _update_bank))

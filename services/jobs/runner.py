@@ -68,7 +68,13 @@ def worker_token(role: str = "worker") -> str:
 
 
 def plain_message(exc: BaseException) -> str:
-    """One line a quality engineer can read; never the exception's class name."""
+    """One line a quality engineer can read; never the exception's class name.
+
+    An ``OSError`` from the system (disk full, permission denied) reads ``[Errno 28] No space
+    left on device: '/x'`` as text; it becomes ``/x: No space left on device``.
+    """
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
     text = str(exc).strip().splitlines()[0].strip() if str(exc).strip() else ""
     if isinstance(exc, ValueError | LookupError | OSError | RuntimeError | JobCancelled):
         return text or "the job stopped without saying why; see the worker log"

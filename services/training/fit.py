@@ -7,7 +7,9 @@ both get the same split, the same threshold rule and the same artifacts.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +21,8 @@ from engine.data import (
     ImageLoadError,
     ImageRecord,
     degenerate_reason,
-    load_image,
+    load_image_and_sha256,
     load_mask,
-    sha256_file,
 )
 from engine.imaging import shrink_labels_to_fit, shrink_to_fit
 from engine.metrics import image_metrics, pixel_metrics
@@ -40,6 +41,62 @@ class TrainingCancelled(RuntimeError):
 
 class TrainingInputError(ValueError):
     """The data cannot train a model (the message says what to add)."""
+
+
+#: Seconds per image of each step at default settings (2-core dev box, bench/train_scale.py):
+#: they share out the progress bar so that it moves evenly in time, which is what makes the
+#: page's time estimate (elapsed time scaled by the fraction left) honest.
+LOAD_S, FIT_S, SCORE_S = 0.12, 0.4, 0.26  # measured at load ~5 (others working): ratios hold
+#: Seconds before the first image: a worker builds the model (imports, backbone weights).
+STARTUP_S = 5.0
+#: Training images read between two progress reports (and Cancel checks), and the threads
+#: that decode and hash them (PNG/JPEG decoding and hashing release the GIL).
+LOAD_BATCH, LOAD_THREADS = 8, 2
+
+
+def held_out_needed(n_defect: int) -> int:
+    """Held-out good images the threshold needs: F1 needs one beside the held-out defects,
+    mean + 3 sigma (no defects) needs two for a spread (see :func:`choose_threshold`)."""
+    return 1 if n_defect else 2
+
+
+def _more(n: int, what: str) -> str:
+    return f"{n} more {what}{'s' if n != 1 else ''}"
+
+
+def training_shortfall(n_candidates: int, n_good_other: int, n_defect: int,
+                       shots: int | None = None) -> str | None:
+    """One plain sentence saying what to add (or change) before a training can run; None if
+    it can. The same rule as :func:`split_records` and :func:`choose_threshold`, so the page,
+    the CLI and the service refuse exactly what would fail minutes later in a worker.
+
+    ``n_candidates``: good images training may learn from (train split); ``n_good_other``:
+    good images always held out (test/val); ``n_defect``: defect images (always held out).
+    """
+    need = held_out_needed(n_defect)
+    total = n_candidates + n_good_other
+    if n_candidates == 0 and n_good_other:
+        return ("Add good images to learn from: the good images in the test folder are kept "
+                "aside to check the model.")
+    if shots is None:
+        if total >= 1 + need:
+            return None
+        if n_defect:
+            return f"Add {_more(1 + need - total, 'good image')} so one can be kept aside."
+        if total == 0:
+            return "Add at least 3 good images, or 2 good images and a few defect images."
+        if total == 1:
+            return "Add 2 more good images, or 1 more good image and a few defect images."
+        return "Add 1 more good image or a few defect images."
+    if not 1 <= shots <= n_candidates:
+        return f"Choose between 1 and {n_candidates} good images to learn from."
+    if n_good_other + n_candidates - shots >= need:
+        return None
+    limit = n_candidates - max(0, need - n_good_other)
+    if limit >= 1:
+        return (f"Learn from at most {limit} good image{'s' if limit != 1 else ''}, so that "
+                f"{need} stay aside to set the threshold.")
+    return training_shortfall(n_candidates, n_good_other, n_defect, None)
 
 
 #: Validation maps are kept at most this long on their longer side (memory, heatmaps, metrics).
@@ -82,18 +139,26 @@ class TrainOutcome:
 
 def split_records(index: DatasetIndex, shots: int | None, seed: int
                   ) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    """``shots`` seeded good training images, and every other labelled image for validation."""
+    """``shots`` seeded good training images, and every other labelled image for validation.
+
+    ``shots=None`` ("all") keeps back, seeded, the few good images the threshold needs when no
+    other held-out images provide them, so that "all" works from 3 good images (or 2 and some
+    defects) instead of failing after the fit. What cannot work is refused here, before any
+    image is read, with :func:`training_shortfall`'s sentence.
+    """
     goods = sorted(index.select(split="train", label="good") or
                    [r for r in index.select(label="good") if r.split == "all"],
                    key=lambda r: str(r.path))
-    if not goods:
-        raise TrainingInputError(f"{index.root}: no good images to train on")
+    candidates = {r.path for r in goods}
+    n_good_other = sum(1 for r in index.records if r.label == "good" and r.path not in candidates)
+    n_defect = sum(1 for r in index.records if r.label == "defect")
+    problem = training_shortfall(len(goods), n_good_other, n_defect, shots)
+    if problem:
+        raise TrainingInputError(problem)
     if shots is None:
+        shots = len(goods) - max(0, held_out_needed(n_defect) - n_good_other)
+    if shots == len(goods):
         chosen = goods
-    elif not 1 <= shots <= len(goods):
-        raise TrainingInputError(
-            f"{index.root}: asked for {shots} shots; choose 1 to {len(goods)} good images"
-        )
     else:
         picks = np.random.default_rng(seed).choice(len(goods), size=shots, replace=False)
         chosen = [goods[i] for i in sorted(picks)]
@@ -110,33 +175,62 @@ def split_records(index: DatasetIndex, shots: int | None, seed: int
     return chosen, sorted(held_out, key=lambda r: str(r.path))
 
 
-def _load_all(records: Sequence[ImageRecord], skipped: list[str], *, shots: bool = False
-              ) -> list[tuple[ImageRecord, np.ndarray]]:
-    """Images that decode; with ``shots``, also only those fit to teach the model "good".
+def changed_reason(path: object, recorded: str | None, actual: str) -> str | None:
+    """Why a file whose bytes no longer match the sha256 recorded at import is refused."""
+    if recorded is None or recorded == actual:
+        return None
+    return (f"{path}: changed on disk since it was imported (sha256 {recorded[:12]}… then, "
+            f"{actual[:12]}… now); re-scan the project to use the new version")
+
+
+def _load_one(record: ImageRecord, expected: Mapping[str, str] | None, skipped: list[str]
+              ) -> tuple[np.ndarray, str] | None:
+    """The image and the sha256 of the very bytes decoded, or None (reason in ``skipped``).
+
+    With ``expected`` (path -> sha256 recorded at import), a file rewritten since is refused:
+    training on new bytes while the history names the old digest would make it lie.
+    """
+    try:
+        image, digest = load_image_and_sha256(record.path)
+    except ImageLoadError as exc:
+        skipped.append(str(exc))
+        return None
+    reason = changed_reason(record.path, (expected or {}).get(str(record.path)), digest)
+    if reason:
+        skipped.append(reason)
+        return None
+    return image, digest
+
+
+def _load_all(records: Sequence[ImageRecord], skipped: list[str], *, shots: bool = False,
+              expected: Mapping[str, str] | None = None
+              ) -> list[tuple[ImageRecord, np.ndarray, str]]:
+    """(record, image, sha256) of images that decode (and still match ``expected``); with
+    ``shots``, also only those fit to teach the model "good".
 
     A flat or tiny shot would make blank frames look normal, so it is skipped by name even when
     it was indexed before that check existed.
     """
     out = []
     for record in records:
-        try:
-            image = load_image(record.path)
-        except ImageLoadError as exc:
-            skipped.append(str(exc))
+        loaded = _load_one(record, expected, skipped)
+        if loaded is None:
             continue
+        image, digest = loaded
         reason = degenerate_reason(image) if shots else None
         if reason:
             skipped.append(f"{record.path}: {reason}")
             continue
-        out.append((record, image))
+        out.append((record, image, digest))
     return out
 
 
 def choose_threshold(validation: Validation) -> tuple[thresholds.ThresholdResult, dict]:
-    """F1-optimal when defects were held out, else mean + 3 sigma of the good scores."""
+    """F1-optimal (mid-plateau, for a margin) when defects were held out, else mean + 3 sigma
+    of the good scores."""
     labels = validation.labels
     if labels.size and labels.min() == 0 and labels.max() == 1:
-        return (thresholds.f1_optimal(validation.scores, labels),
+        return (thresholds.f1_optimal_with_margin(validation.scores, labels),
                 image_metrics(validation.scores, labels))
     if (labels == 0).sum() >= 2:
         return thresholds.mean_k_sigma(validation.normal_scores, k=3.0), {}
@@ -144,6 +238,32 @@ def choose_threshold(validation: Validation) -> tuple[thresholds.ThresholdResult
         "no held-out images to choose a threshold: add at least two more good images "
         "(or some defect images) beyond the training shots"
     )
+
+
+def _start_model(algorithm: str, device: str | None, params: dict[str, Any]
+                 ) -> Future[AnomalyModel]:
+    """Build the model on a helper thread while the images are read.
+
+    The first build in a process takes seconds (imports, backbone weights) with nothing to
+    report; image decoding releases the GIL, so both go on together and progress keeps moving.
+    """
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kensa-model")
+    try:
+        return pool.submit(registry.create, algorithm, device=device, **params)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _wait_for_model(future: Future[AnomalyModel], report: ProgressFn, stop: CancelFn,
+                    at: float) -> AnomalyModel:
+    """The model once built; reports (and checks Cancel) twice a second while waiting."""
+    while True:
+        try:
+            return future.result(timeout=0.5)
+        except FutureTimeout:
+            if stop():
+                raise TrainingCancelled("training cancelled while loading the model") from None
+            report("loading the model", at)
 
 
 def train_model(
@@ -155,8 +275,13 @@ def train_model(
     progress: ProgressFn | None = None,
     cancelled: CancelFn | None = None,
     device: str | None = None,
+    expected_sha256: Mapping[str, str] | None = None,
 ) -> TrainOutcome:
-    """Fit on the chosen shots and score the held-out images; writes nothing."""
+    """Fit on the chosen shots and score the held-out images; writes nothing.
+
+    ``expected_sha256`` (path -> sha256 recorded at import; projects pass it) refuses, by
+    name, any file whose bytes changed since: every image is hashed from the bytes decoded.
+    """
     params = dict(params or {})
     if "seed" in registry.spec(algorithm).default_config:
         params.setdefault("seed", seed)
@@ -164,27 +289,47 @@ def train_model(
     stop = cancelled or (lambda: False)
     train_records, held_out = split_records(index, shots, seed)
     skipped: list[str] = []
+    n_held = len(held_out)
+    cost = LOAD_S * len(train_records) + FIT_S * len(train_records) + SCORE_S * n_held
+    loaded_at = LOAD_S * len(train_records) / cost
+    fitted_at = loaded_at + FIT_S * len(train_records) / cost
+    creating = _start_model(algorithm, device, params)  # overlaps reading the images
     report("loading images", 0.0)
-    train = _load_all(train_records, skipped, shots=True)
-    if not train:
-        raise TrainingInputError(f"{index.root}: none of the training images could be read")
+    train: list[tuple[ImageRecord, np.ndarray, str]] = []
+    with ThreadPoolExecutor(max_workers=LOAD_THREADS, thread_name_prefix="kensa-load") as pool:
+        for start in range(0, len(train_records), LOAD_BATCH):  # hundreds of images: seconds
+            if stop():
+                raise TrainingCancelled("training cancelled while loading images")
+            batch = train_records[start:start + LOAD_BATCH]
+            for loaded in pool.map(lambda r: _load_all([r], skipped, shots=True,
+                                                       expected=expected_sha256), batch):
+                train += loaded  # in record order; decoding releases the GIL
+            report("loading images",
+                   loaded_at * min(1.0, (start + LOAD_BATCH) / len(train_records)))
+    if not train:  # say why (unreadable, degenerate, changed since import), first file
+        raise TrainingInputError(f"{index.root}: none of the training images could be read "
+                                 "and used" + (f" ({skipped[0]})" if skipped else ""))
     if stop():
         raise TrainingCancelled("training cancelled before fitting")
-    model = registry.create(algorithm, device=device, **params)
-    sources = [ImageSource(str(r.path), sha256_file(r.path)) for r, _ in train]
+    model = _wait_for_model(creating, report, stop, loaded_at)
+    sources = [ImageSource(str(r.path), digest) for r, _, digest in train]
 
     def fit_progress(stage: str, fraction: float) -> None:
         if stop():
             raise TrainingCancelled(f"training cancelled while {stage}")
-        report(stage, 0.05 + 0.6 * fraction)
+        if stage != "done":  # a model's own "done" is not the end of the training
+            report(stage, loaded_at + (fitted_at - loaded_at) * fraction)
 
-    fit = model.fit([image for _, image in train], progress=fit_progress, sources=sources)
+    fit = model.fit([image for _, image, _ in train], progress=fit_progress, sources=sources)
     paths, labels, scores, maps, masks = [], [], [], [], []
     for i, record in enumerate(held_out):
         if stop():
             raise TrainingCancelled("training cancelled while validating")
+        loaded = _load_one(record, expected_sha256, skipped)
+        if loaded is None:
+            continue
+        image = loaded[0]
         try:
-            image = load_image(record.path)
             mask = load_mask(record.mask_path, image.shape[:2]) if record.mask_path else None
         except ImageLoadError as exc:
             skipped.append(str(exc))
@@ -196,13 +341,14 @@ def train_model(
         maps.append(shrink_to_fit(result.maps[0], MAP_LONG_SIDE))
         masks.append(None if mask is None
                      else shrink_labels_to_fit(mask.astype(np.uint8), MAP_LONG_SIDE) > 0)
-        report("scoring validation images", 0.65 + 0.33 * (i + 1) / max(1, len(held_out)))
+        report("scoring validation images",
+               fitted_at + (0.99 - fitted_at) * (i + 1) / max(1, n_held))
     validation = Validation(paths, np.asarray(labels, dtype=np.int64),
                             np.asarray(scores, dtype=np.float64), maps, masks)
+    report("choosing the threshold", 0.99)
     threshold, metrics = choose_threshold(validation)
     metrics.update(validation_pixel_metrics(validation))
-    report("done", 1.0)
-    return TrainOutcome(model, algorithm, params, [str(r.path) for r, _ in train], fit,
+    return TrainOutcome(model, algorithm, params, [str(r.path) for r, _, _ in train], fit,
                         validation, threshold, {k: float(v) for k, v in metrics.items()}, skipped,
                         sources)
 

@@ -30,7 +30,14 @@ from services.inference.batches import (
 )
 from services.inference.scoring import ImagePrediction, ThresholdInfo, save_heatmap
 from services.jobs.runner import plain_message
-from services.training.fit import TrainingCancelled, TrainOutcome, train_model
+from services.training.fit import (
+    TrainingCancelled,
+    TrainingInputError,
+    TrainOutcome,
+    train_model,
+    training_shortfall,
+)
+from services.wording import model_numbers
 
 #: Progress at which fitting and validation end and writing the artifacts begins.
 SAVING_AT = 0.95
@@ -50,11 +57,15 @@ def request_training(
     config = registry.validate(algorithm, model_params)
     with ctx.session() as s:
         project = require_project(s, name)
-        n_good = repo.count_images(s, project.id, split="train", label="good")
-        if n_good == 0:
-            raise ValueError(f"project {name!r} has no good training images to train on")
-        if shots is not None and not 1 <= shots <= n_good:
-            raise ValueError(f"asked for {shots} shots; project {name!r} has 1 to {n_good}")
+        counts = repo.image_counts(s, project.id)
+        n_good = sum(n for (split, label, _), n in counts.items()
+                     if split == "train" and label == "good")
+        n_good_all = sum(n for (_, label, _), n in counts.items() if label == "good")
+        n_defect = sum(n for (_, label, _), n in counts.items() if label == "defect")
+        # what would fail minutes later in a worker is refused now, in one plain sentence
+        problem = training_shortfall(n_good, n_good_all - n_good, n_defect, shots)
+        if problem:
+            raise TrainingInputError(problem)
         mv = repo.create_model_version(
             s, project.id, algorithm, config.get("backbone"),
             {"shots": shots, "seed": seed, "model": model_params},
@@ -120,6 +131,7 @@ def run_training(ctx: Kensa, model_version_id: int, progress: ProgressFn | None 
             index, shots=mv.params.get("shots"), seed=int(mv.params.get("seed", 0)),
             algorithm=mv.algorithm, params=dict(mv.params.get("model", {})),
             progress=reporter, cancelled=reporter.cancelled,
+            expected_sha256={path: img.sha256 for path, img in images.items()},
         )
         reporter("saving model, bank and validation scores", 1.0)
         _commit(ctx, project.id, mv, outcome, images)
@@ -283,4 +295,6 @@ def list_model_versions(ctx: Kensa, name: str) -> list[dict[str, Any]]:
     """Newest first."""
     with ctx.session(readonly=True) as s:
         project = require_project(s, name)
-        return [_mv_dict(mv) for mv in repo.list_model_versions(s, project.id)]
+        numbers = model_numbers(s, project.id)
+        return [{**_mv_dict(mv), "number": numbers.get(mv.id)}
+                for mv in repo.list_model_versions(s, project.id)]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from engine.artifacts import write_json_atomic
 from engine.models import AnomalyModel, registry
+from engine.models.base import MODEL_FILE, read_verified
 from services.inference.scoring import ThresholdInfo
 from services.training.fit import TrainOutcome
 
@@ -54,14 +55,32 @@ def save_run(outcome: TrainOutcome, out_dir: Path, data: Path, shots: int | None
 
 
 def load_run(run_dir: Path, device: str | None = None) -> tuple[AnomalyModel, ThresholdInfo]:
-    """The run's model (files verified; runs saved before ``model_files`` check their bank
-    against ``model.json`` only) and its threshold."""
+    """The run's model and threshold, every file checked against the sha256 ``run.json`` keeps.
+
+    An edited ``model.json`` once changed the same image's score from 27.11 to 49.50, and an
+    edited ``threshold.json`` would change every verdict: both are refused with the two
+    digests. Runs saved before ``model_files`` existed verify their model files against the
+    ``artifacts`` list, which has always held them.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / RUN_FILE).is_file():
         raise FileNotFoundError(f"{run_dir}: not a training run (no {RUN_FILE}); train one first")
-    run = json.loads((run_dir / RUN_FILE).read_text())
+    try:
+        run = json.loads((run_dir / RUN_FILE).read_text())
+    except ValueError as exc:
+        raise ValueError(f"{run_dir / RUN_FILE} is not valid JSON ({exc})") from None
+    artifacts = dict(run.get("artifacts") or {})
+    files = run.get("model_files") or {
+        name: digest for name, digest in artifacts.items()
+        if name not in (RUN_FILE, THRESHOLD_FILE)
+    }
+    if MODEL_FILE not in files:
+        raise ValueError(f"{run_dir / RUN_FILE} records no sha256 for {MODEL_FILE}; "
+                         "train the run again")
     model = registry.load(run.get("algorithm", registry.DEFAULT_MODEL), run_dir,
-                          files=run.get("model_files"), device=device)
-    raw = json.loads((run_dir / THRESHOLD_FILE).read_text())
+                          files=files, device=device)
+    data = read_verified(run_dir, THRESHOLD_FILE, {THRESHOLD_FILE: artifacts[THRESHOLD_FILE]}
+                         if THRESHOLD_FILE in artifacts else None)
+    raw = json.loads(data)
     return model, ThresholdInfo(float(raw["value"]), raw["method"],
                                 tuple(float(s) for s in raw.get("normal_scores", ())))

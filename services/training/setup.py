@@ -17,24 +17,38 @@ from engine.backbones import DEFAULT_BACKBONE, REGISTRY
 from engine.models import registry
 from services.context import Kensa
 from services.data.projects import require_project
+from services.training.fit import (
+    FIT_S,
+    LOAD_S,
+    SCORE_S,
+    STARTUP_S,
+    held_out_needed,
+    training_shortfall,
+)
 from services.training.project import (
     cancel_training,
     list_model_versions,
     request_training,
     start_training_job,
 )
+from services.wording import model_name
 
 IMAGE_SIZE_RANGE = (128, 768)
 #: A queued run whose worker has not written anything after this long is reported as stuck.
 STUCK_QUEUED_S = 90
-#: A running worker that has written no progress for this long is reported as stopped. The
-#: longest silent step is the coreset of a large bank (about a minute for 64 shots of 1024 px).
-STUCK_RUNNING_S = 300
+#: A running worker whose job has written no heartbeat for this long is reported as stopped.
+#: The heartbeat comes from a thread every few seconds whatever the training is doing (see
+#: services/jobs/runner.py), so this is six missed beats, not a slow step; the reaper fails the
+#: run at KENSA_JOB_TIMEOUT_S (90 s). Progress itself is reported at least every 2 s.
+STUCK_RUNNING_S = 30
+#: A time estimate is shown once a run is this far along and has run this long (earlier, the
+#: rate is mostly start-up and the estimate would jump around).
+ETA_MIN_PROGRESS, ETA_MIN_ELAPSED_S = 0.03, 5.0
 IMAGE_SIZE_STEP = 32
 SEED_MAX = 999_999
 #: Good images that must stay out of training when there are no defect images, so that the
 #: threshold can be set from the spread of held-out good scores (mean + 3 sigma needs two).
-MIN_HELD_OUT_GOOD = 2
+MIN_HELD_OUT_GOOD = held_out_needed(0)
 
 
 @dataclass(frozen=True)
@@ -58,16 +72,29 @@ class TrainingSetup:
     default_backbone: str
     default_image_size: int
     active: list[dict[str, Any]] = field(default_factory=list)
+    #: what a training of all good images would take on this machine, in words
+    duration: str = ""
 
     @property
     def can_train(self) -> bool:
         return self.n_good_train > 0
 
+    def shortfall(self, shots: int | None = None) -> str | None:
+        """The one sentence that says what to add before training can run (None: it can);
+        the page disables Train and shows it, the service refuses with it."""
+        return training_shortfall(self.n_good_train, self.n_good_other, self.n_defect, shots)
+
+    @property
+    def held_back(self) -> int:
+        """Good training images "all" keeps aside to set the threshold (see split_records)."""
+        if self.shortfall() is not None:
+            return 0
+        return max(0, held_out_needed(self.n_defect) - self.n_good_other)
+
     def max_shots_for_threshold(self) -> int:
         """Most shots that still leave data to choose a threshold on."""
-        if self.n_defect or self.n_good_other >= MIN_HELD_OUT_GOOD:
-            return self.n_good_train
-        return max(0, self.n_good_train - (MIN_HELD_OUT_GOOD - self.n_good_other))
+        return max(0, self.n_good_train
+                   - max(0, held_out_needed(self.n_defect) - self.n_good_other))
 
 
 def _reasons(n_good: int, n_good_other: int, n_defect: int) -> list[str]:
@@ -78,8 +105,9 @@ def _reasons(n_good: int, n_good_other: int, n_defect: int) -> list[str]:
     ]
     if n_good <= 50:
         reasons.append(
-            "It is made for few images: it works from a single good image up (flipped and "
-            "rotated copies are added while the images are few)."
+            "It is made for few images: it learns from as few as one good image (flipped and "
+            "rotated copies are added while the images are few). Setting the threshold needs "
+            "two more good images kept aside, or one more and a few defect images."
         )
     if n_defect:
         reasons.append(
@@ -93,10 +121,50 @@ def _reasons(n_good: int, n_good_other: int, n_defect: int) -> list[str]:
             "spread of held-out good images; add a few defect images to measure the model."
         )
     reasons.append(
-        "It is fast on an ordinary CPU and works offline: the default backbone's weights ship "
-        "with Kensa, and training has no slow optimisation loop (one pass over the images)."
+        "It works offline: the default backbone's weights ship with Kensa, and training is one "
+        "pass over the images, with no slow optimisation loop."
     )
     return reasons
+
+
+def _seconds_words(seconds: float) -> str:
+    """"about 40 s" / "about 3 min": estimates are rounded so they do not look precise."""
+    if seconds < 60:
+        return f"about {max(5, int(round(seconds / 5.0)) * 5)} s"
+    return f"about {max(1, round(seconds / 60))} min"
+
+
+def eta_words(seconds: float | None) -> str | None:
+    """The live panel's estimate, e.g. "about 40 s left" (None while there is none)."""
+    return None if seconds is None else f"{_seconds_words(seconds)} left"
+
+
+def expected_duration(runs: list[dict[str, Any]], n_train: int, n_held: int
+                      ) -> tuple[float, bool]:
+    """(seconds, measured) for a training of ``n_train`` images with ``n_held`` held out.
+
+    From the newest finished run of the project (its seconds per image, scaled to these
+    counts) when there is one: that is this machine under its usual load; otherwise from
+    the per-image costs measured by bench/train_scale.py (``services.training.fit``).
+    """
+    for run in runs:
+        metrics = run.get("metrics") or {}
+        shots = metrics.get("shots")
+        if (run["status"] != "done" or not run.get("started_at") or not run.get("finished_at")
+                or not isinstance(shots, list) or not shots):
+            continue
+        took = (run["finished_at"] - run["started_at"]).total_seconds()
+        held = int(metrics.get("validation_images") or 0)
+        per_unit = took / (len(shots) * (LOAD_S + FIT_S) + held * SCORE_S)
+        return per_unit * (n_train * (LOAD_S + FIT_S) + n_held * SCORE_S), True
+    return n_train * (LOAD_S + FIT_S) + n_held * SCORE_S + STARTUP_S, False
+
+
+def _duration_words(runs: list[dict[str, Any]], n_train: int, n_held: int) -> str:
+    seconds, measured = expected_duration(runs, n_train, n_held)
+    source = "from this project's last training" if measured else "an estimate for this machine"
+    return (f"Training on these {n_train} good images and checking {n_held} held-out images "
+            f"takes {_seconds_words(seconds)} ({source}).")
 
 
 def _default_image_size() -> int:
@@ -116,6 +184,9 @@ def training_setup(ctx: Kensa, name: str) -> TrainingSetup:
     n_good = sum(n for (_, label, _), n in counts.items() if label == "good")
     n_defect = sum(n for (_, label, _), n in counts.items() if label == "defect")
     model = registry.spec(registry.DEFAULT_MODEL)
+    runs = list_model_versions(ctx, name)
+    n_train = n_good_train - max(0, held_out_needed(n_defect) - (n_good - n_good_train))
+    n_held = n_good + n_defect - n_train
     backbones = [
         BackboneChoice(spec.name, spec.description, spec.weights == "hub")
         for spec in REGISTRY.values()
@@ -131,6 +202,7 @@ def training_setup(ctx: Kensa, name: str) -> TrainingSetup:
         default_backbone=DEFAULT_BACKBONE,
         default_image_size=int(model.default_config["image_size"]),
         active=active,
+        duration=_duration_words(runs, max(1, n_train), n_held),
     )
 
 
@@ -144,6 +216,7 @@ def start_training(ctx: Kensa, name: str, *, shots: int | None, seed: int, backb
         raise ValueError(f"unknown backbone {backbone!r}")
     if not 0 <= seed <= SEED_MAX:
         raise ValueError(f"seed must be between 0 and {SEED_MAX}")
+    # request_training refuses an impossible training with the same one sentence
     mv_id = request_training(ctx, name, shots, seed,
                              {"backbone": backbone, "image_size": int(image_size)})
     try:
@@ -176,8 +249,26 @@ def active_runs(ctx: Kensa, name: str) -> list[dict[str, Any]]:
             summary.update({k: job[k] for k in ("stage", "progress", "silent_s", "waiting_s",
                                                 "attempts", "cancel_requested")})
             summary["error"] = job["error"] or summary["error"]
+            summary["started_at"] = job["started_at"] or summary["started_at"]
+        summary["eta_s"] = eta_seconds(summary)
+        summary["eta"] = eta_words(summary["eta_s"])
         runs.append(summary)
     return runs
+
+
+def eta_seconds(run: dict[str, Any]) -> float | None:
+    """Seconds left, from the rate so far: elapsed x (1 - progress) / progress.
+
+    Honest because training shares its progress bar out in proportion to each step's
+    measured time (``services.training.fit``), so the fraction moves evenly in time.
+    """
+    progress, started = float(run.get("progress") or 0.0), run.get("started_at")
+    if run.get("status") != "running" or started is None or progress < ETA_MIN_PROGRESS:
+        return None
+    elapsed = (utcnow() - started).total_seconds()
+    if elapsed < ETA_MIN_ELAPSED_S or progress >= 1.0:
+        return None
+    return elapsed * (1.0 - progress) / progress
 
 
 def cancel(ctx: Kensa, model_version_id: int) -> bool:
@@ -192,6 +283,7 @@ def _run_dict(mv: Any) -> dict[str, Any]:
 def _run_summary(run: dict[str, Any]) -> dict[str, Any]:
     out = {k: run[k] for k in ("id", "status", "stage", "progress", "started_at", "created_at",
                                "finished_at", "error")}
+    out["label"] = model_name(run.get("number"))  # "Model 2": numbered within the project
     # How long a running worker has been silent: progress is written at least every few
     # seconds, so minutes of silence mean the worker died (killed, out of memory).
     last_sign = run.get("heartbeat_at") or run["started_at"]
@@ -231,11 +323,11 @@ def run_history(ctx: Kensa, name: str) -> list[dict[str, Any]]:
             shots = params.get("shots") if params.get("shots") is not None else "all"
         threshold = metrics.get("threshold")
         rows.append({
-            "version": f"v{run['id']}",
+            "model": model_name(run.get("number")),
             "status": run["status"],
             "started": run["started_at"] or run["created_at"],
-            "duration": _duration(run["started_at"], run["finished_at"]),
-            "shots": str(shots),
+            "took": _duration(run["started_at"], run["finished_at"]),
+            "good images learned": str(shots),
             "image AUROC": _metric(metrics, "image_auroc"),
             "AP": _metric(metrics, "image_ap"),
             "F1": _metric(metrics, "image_f1"),
@@ -243,9 +335,10 @@ def run_history(ctx: Kensa, name: str) -> list[dict[str, Any]]:
             "AUPRO": _metric(metrics, "aupro"),
             "threshold": _metric(threshold if isinstance(threshold, dict) else metrics,
                                  "value" if isinstance(threshold, dict) else "threshold", 4),
-            "backbone": run["backbone"] or model.get("backbone", DEFAULT_BACKBONE),
-            "image size": model.get("image_size", _default_image_size()),
-            "seed": params.get("seed", 0),
+            # one column for the settings, so the table fits the page without scrolling
+            "settings": f"{run['backbone'] or model.get('backbone', DEFAULT_BACKBONE)} · "
+                        f"{model.get('image_size', _default_image_size())} px · "
+                        f"seed {params.get('seed', 0)}",
             "note": (run["error"] or "")[:200],
         })
     return rows

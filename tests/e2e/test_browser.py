@@ -247,14 +247,14 @@ def test_demo_train_evaluate_save_threshold(browser_page, server: str, tmp_path:
     _no_error(page)
     start = time.monotonic()
     page.get_by_role("button", name=re.compile("Train")).click()
-    page.get_by_text(re.compile(r"Training v1")).first.wait_for()
+    page.get_by_text(re.compile(r"Training Model 1")).first.wait_for()
     page.locator('[data-testid="stProgress"]').first.wait_for()
     # The worker is a separate process: once it runs, the panel shows its stage and percent.
     page.get_by_text(re.compile(r"(extracting features|selecting coreset|scoring validation"
                                 r" images) · [0-9]+%")).first.wait_for(
         timeout=TRAIN_TIMEOUT_S * 1000)
     _shot(page, "training-progress")
-    page.get_by_text("Latest model v1 is ready").wait_for(timeout=TRAIN_TIMEOUT_S * 1000)
+    page.get_by_text("Latest model, Model 1, is ready").wait_for(timeout=TRAIN_TIMEOUT_S * 1000)
     timings["training"] = time.monotonic() - start
     _no_error(page)
     _shot(page, "training")
@@ -281,7 +281,7 @@ def test_demo_train_evaluate_save_threshold(browser_page, server: str, tmp_path:
     saved.wait_for()
     value = float(re.search(r"now ([0-9]+\.[0-9]+)", saved.inner_text()).group(1))
     assert value == pytest.approx(moved, abs=1e-4)
-    page.get_by_text(f"Threshold in use: {value:.4f} (manual)").wait_for()
+    page.get_by_text(f"Threshold in use: {value:.4f} (set by hand)").wait_for()
     _no_error(page)
     _shot(page, "evaluation")
 
@@ -291,12 +291,12 @@ def test_demo_train_evaluate_save_threshold(browser_page, server: str, tmp_path:
     _add_project(tmp_path / "home", "a first line", tmp_path / "first")
     page.reload()
     page.get_by_role("heading", name="Evaluation · demo").wait_for()
-    page.get_by_text(f"Threshold in use: {value:.4f} (manual)").wait_for()
+    page.get_by_text(f"Threshold in use: {value:.4f} (set by hand)").wait_for()
     _no_error(page)
 
     # Home again: the status card now shows the model, its bank and the saved threshold.
     _nav(page, "Home")
-    page.get_by_text("Active model").first.wait_for()  # one card per project
+    page.get_by_text("Model in use").first.wait_for()  # one card per project
     page.get_by_text(f"{value:.4f}").first.wait_for()
     _no_error(page)
     _shot(page, "home-trained")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.coreset import GreedyCoresetSampler, covering_radius
+from engine.coreset import GreedyCoresetSampler, coverage, covering_radius
 
 
 def _clustered(n: int = 1200, d: int = 48, clusters: int = 12, seed: int = 0) -> torch.Tensor:
@@ -147,7 +147,8 @@ def test_greedy_loop_reports_progress_and_stops_when_it_raises(
     monkeypatch.setattr(coreset, "PROGRESS_EVERY_S", 0.0)
     features = torch.randn(400, 16, generator=torch.Generator().manual_seed(0))
     seen: list[float] = []
-    coreset.GreedyCoresetSampler(size=50).run(features, progress=seen.append)
+    coreset.GreedyCoresetSampler(size=50, candidate_factor=None).run(features,
+                                                                     progress=seen.append)
     assert len(seen) == 49 and seen == sorted(seen) and seen[0] > 0 and seen[-1] < 1
 
     class Stop(Exception):
@@ -158,3 +159,73 @@ def test_greedy_loop_reports_progress_and_stops_when_it_raises(
 
     with pytest.raises(Stop):
         coreset.GreedyCoresetSampler(size=50).run(features, progress=stop)
+
+
+def test_two_stage_progress_rises_through_both_stages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above candidate_factor x size the chunk passes and the final pass both report, in one
+    rising 0..1 scale (a stage that sits still for minutes is what issue 9 reported)."""
+    import engine.coreset as coreset
+
+    monkeypatch.setattr(coreset, "PROGRESS_EVERY_S", 0.0)
+    features = _clustered(n=4000, d=16)
+    seen: list[float] = []
+    sampler = coreset.GreedyCoresetSampler(size=50, candidate_factor=4, chunk_rows=500)
+    idx = sampler.run(features, progress=seen.append)
+    local_steps = sum(-(-200 * 500 // 4000) - 1 for _ in range(8))  # 8 chunks, 25 kept each
+    assert len(seen) == local_steps + 49
+    assert seen == sorted(seen) and seen[0] > 0 and seen[-1] < 1
+    share = 200 * 500 / (200 * 500 + 200 * 50)  # the first stage's share of the work
+    assert seen[local_steps - 1] < share <= seen[local_steps]
+    assert len(idx) == 50 and idx.unique().numel() == 50
+
+
+def test_two_stage_stays_close_to_exact_and_keeps_every_chunk() -> None:
+    """The bounded sampler gives up little covering radius, keeps the small clusters that a
+    random subsample misses, and draws candidates from every chunk (every image)."""
+    import engine.coreset as coreset
+
+    features = _clustered(n=6000, d=24, clusters=30)
+    exact = GreedyCoresetSampler(size=60, candidate_factor=None).run(features)
+    fast = GreedyCoresetSampler(size=60, candidate_factor=4, chunk_rows=1000).run(features)
+    exact_max, exact_mean = coverage(features, exact)
+    fast_max, fast_mean = coverage(features, fast)
+    assert fast_max <= 1.25 * exact_max and fast_mean <= 1.25 * exact_mean
+    generator = torch.Generator().manual_seed(0)
+    random_max = min(covering_radius(features, torch.randperm(6000, generator=generator)[:240])
+                     for _ in range(3))  # even 4x as many random rows cover worse
+    assert fast_max < random_max
+    candidates = coreset._chunk_candidates(features, 240, 1000, generator,
+                                           coreset._Ticker(None))
+    per_chunk = torch.bincount(candidates // 1000, minlength=6)
+    assert per_chunk.tolist() == [40] * 6 and candidates.unique().numel() == 240
+
+
+def test_two_stage_is_deterministic_and_cancellable() -> None:
+    features = _clustered(n=3000, d=16)
+    runs = [GreedyCoresetSampler(size=40, chunk_rows=700, seed=5).run(features) for _ in "ab"]
+    assert torch.equal(runs[0], runs[1])
+
+    class Stop(Exception):
+        pass
+
+    def stop(fraction: float) -> None:
+        raise Stop
+
+    import engine.coreset as coreset
+
+    original = coreset.PROGRESS_EVERY_S
+    coreset.PROGRESS_EVERY_S = 0.0
+    try:
+        with pytest.raises(Stop):
+            GreedyCoresetSampler(size=40, chunk_rows=700).run(features, progress=stop)
+    finally:
+        coreset.PROGRESS_EVERY_S = original
+
+
+def test_coverage_mean_is_the_mean_nearest_distance() -> None:
+    features = torch.randn(500, 6, generator=torch.Generator().manual_seed(3))
+    idx = torch.arange(0, 500, 9)
+    radius, mean = coverage(features, idx, chunk=128)
+    nearest = torch.cdist(features.double(), features[idx].double()).min(1).values
+    assert radius == pytest.approx(float(nearest.max()), rel=1e-5)
+    assert mean == pytest.approx(float(nearest.mean()), rel=1e-3)

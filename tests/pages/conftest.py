@@ -32,6 +32,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("KENSA_JOBS_INLINE", "1")
     monkeypatch.setenv("KENSA_LOCAL_WORKER", "0")
     monkeypatch.delenv("DATABASE_URL", raising=False)
+    # folder imports read the test's temp folder, outside the default import roots
+    monkeypatch.setenv("KENSA_IMPORT_ROOTS", str(tmp_path))
     return path
 
 

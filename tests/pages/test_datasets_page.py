@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.pages.conftest import open_app, texts
 from tests.synthetic import make_mvtec
+from ui.common import plain
 
 DATASETS = "app_pages/datasets.py"
 
@@ -59,20 +60,32 @@ def test_home_shows_a_status_card_per_project(home: Path, make_project) -> None:
     assert "widgets" in shown and "bolts" in shown
     metrics = [(m.label, m.value) for m in at.metric]
     assert ("Good images", "7") in metrics and ("Defect images", "3") in metrics
-    assert ("Active model", "none yet") in metrics
+    assert ("Model in use", "none yet") in metrics
     assert "Next step: train a model" in shown
 
 
 def test_home_card_of_a_trained_project(home: Path, trained) -> None:
     from services.training.project import list_model_versions
 
-    newest = list_model_versions(trained, "widgets")[0]["id"]
+    newest = list_model_versions(trained, "widgets")[0]
+    goods = list_model_versions(trained, "goods")[0]
+    assert goods["id"] > newest["id"]  # ids are global: "goods" trained after "widgets"
     at = open_app()
     assert not at.exception
     shown = texts(at)
     assert "Check at training: 8 held-out images scored" in shown
     assert "validation-m" not in shown  # internal batch names stay internal
-    assert ("Active model", f"v{newest}") in [(m.label, m.value) for m in at.metric]
+    metrics = [(m.label, m.value) for m in at.metric]
+    # numbered within each project, whatever the database ids: widgets' second, goods' first
+    assert ("Model in use", "Model 2") in metrics and ("Model in use", "Model 1") in metrics
+    # the quality is on the card, in words, not only in a tooltip
+    auroc = f"{newest['metrics']['image_auroc']:.2f}"
+    assert ("Good vs defect (AUROC)", auroc) in metrics
+    # no server paths or checksums on the cards
+    with trained.session(readonly=True) as s:
+        from db.repositories import list_projects
+        roots = [p.data_root for p in list_projects(s)]
+    assert roots and not any(root in shown for root in roots)
 
 
 def test_new_project_from_zip_upload(home: Path, tmp_path: Path) -> None:
@@ -168,16 +181,37 @@ def test_empty_project_explains_next_step(home: Path, ctx, tmp_path: Path) -> No
 def test_gallery_filters_masks_and_details(home: Path, make_project) -> None:
     make_project("widgets", n_train=4, n_test_good=2, n_defect=3)
     at = open_app(DATASETS, "widgets")
-    assert len(at.image) == 9 + 1  # the grid and the detail preview
-    at.selectbox(key="ds_label").select("defect").run()
+    # opens on the good images (4 train + 2 test), each named by split, type and file
+    assert at.selectbox(key="ds_label_widgets").value == "good"
+    assert "Images 1–6 of 6" in texts(at) and len(at.image) == 6
+    names = [b.label for b in at.button if b.key and b.key.startswith("ds_open_")]
+    # good_000.png twice (train and test), told apart (labels are Markdown-escaped names)
+    assert plain("train · good · good_000.png") in names
+    assert plain("test · good · good_000.png") in names
+    assert len(set(names)) == len(names)  # 000.png twice, but never the same label
+
+    at.selectbox(key="ds_label_widgets").select("defect").run()
     assert "Images 1–3 of 3" in texts(at)
+    at.selectbox(key="ds_type_widgets").select("spot").run()
+    at.selectbox(key="ds_label_widgets").select("All").run()  # type resets with the label
+    assert at.selectbox(key="ds_type_widgets").value == "All"
+    assert "No image matches" not in texts(at) and "Images 1–9 of 9" in texts(at)
+
+    at.selectbox(key="ds_label_widgets").select("defect").run()
     at.toggle(key="ds_masks").set_value(True).run()
     assert not at.exception
+    assert not [f for f in _frames(at) if "value" in f.columns]  # details open on a click
+    defect = next(b for b in at.button if b.label.startswith("test · spot · "))
+    defect.click().run()
+    assert not at.exception
+    assert len(at.image) == 3 + 1  # the grid and the detail preview
     detail = next(f for f in _frames(at) if "value" in f.columns)
-    values = dict(zip(detail[""], detail["value"], strict=True))
+    assert list(detail.columns) == ["detail", "value"]  # a header over every column
+    values = dict(zip(detail["detail"], detail["value"], strict=True))
     assert values["Label"] == "defect" and values["Defect type"] == "spot"
     assert values["Mask"].endswith("_mask.png")
     assert len(values["SHA-256"]) == 64
+    assert defect.label.endswith(plain(Path(values["File"]).name))
 
 
 def test_new_project_button_opens_the_form_and_the_menu_leaves_it(

@@ -73,12 +73,12 @@ def test_train_button_queues_a_run_shows_progress_and_cancels(
     assert run["params"] == {"shots": 3, "seed": 0,
                              "model": {"backbone": "efficientnet_lite0", "image_size": 256}}
     shown = texts(at)
-    assert f"Training v{run['id']}" in shown and "queued" in shown
+    assert "Training Model 1" in shown and "queued" in shown
     assert _button(at, "Train").disabled
     assert at.get("progress")[0].proto.text.endswith("0%")
 
     at.run()  # a reload: the panel comes back from the database, not from session state
-    assert f"Training v{run['id']}" in texts(at)
+    assert "Training Model 1" in texts(at)
     assert "worker has not started" not in texts(at)
     monkeypatch.setattr(train_setup, "STUCK_QUEUED_S", -1)
     at.run()
@@ -87,7 +87,8 @@ def test_train_button_queues_a_run_shows_progress_and_cancels(
     assert not at.exception
     assert list_model_versions(ctx, "widgets")[0]["status"] == "cancelled"
     history = _frame_with(at, "status")
-    assert history.iloc[0]["status"] == "cancelled" and history.iloc[0]["shots"] == "3"
+    assert history.iloc[0]["status"] == "cancelled"
+    assert history.iloc[0]["good images learned"] == "3"
     assert history.iloc[0]["image AUROC"] == "—"
     assert not _button(at, "Train").disabled
 
@@ -95,7 +96,11 @@ def test_train_button_queues_a_run_shows_progress_and_cancels(
 def test_training_refuses_all_shots_without_held_out_data(home: Path, make_project) -> None:
     make_project("tiny", n_train=3, n_test_good=0, n_defect=0)
     at = open_app(TRAINING, "tiny")
-    assert "keep at least 2 good images out of training" in texts(at)
+    assert not _button(at, "Train").disabled  # "all" keeps 2 aside for the threshold
+    at.radio(key="tr_use_all").set_value("some").run()
+    at.number_input(key="tr_shots").set_value(2).run()
+    assert "Learn from at most 1 good image, so that 2 stay aside" in texts(at)
+    assert _button(at, "Train").disabled
 
 
 def test_failed_start_is_a_plain_error(
@@ -121,19 +126,30 @@ def test_history_shows_metrics_of_finished_runs(home: Path, trained: Kensa) -> N
     history = _frame_with(at, "image AUROC")
     assert len(history) == 2
     row = history.iloc[0]
-    assert row["version"] == f"v{newest['id']}" and row["status"] == "done"
+    assert row["model"] == "Model 2" and row["status"] == "done"
     assert row["image AUROC"] == f"{metrics['image_auroc']:.3f}"
     assert row["AUPRO"] == f"{metrics['aupro']:.3f}"
-    assert row["shots"] == str(len(metrics["shots"])) == "3"
+    assert row["good images learned"] == str(len(metrics["shots"])) == "3"
     assert row["threshold"] == f"{metrics['threshold']['value']:.4f}"
-    assert f"Latest model v{newest['id']} is ready" in texts(at)
+    assert "Latest model, Model 2, is ready" in texts(at)
 
 
-def test_evaluation_without_model_says_train_first(home: Path, make_project) -> None:
+def test_evaluation_without_model_says_train_first(home: Path, ctx: Kensa,
+                                                   make_project) -> None:
+    from db import repositories as repo
+
     make_project("widgets", n_train=3, n_test_good=2, n_defect=2)
     at = open_app(EVALUATION, "widgets")
     assert not at.exception
     assert "There is no trained model to evaluate yet" in texts(at)
+    with ctx.session() as s:  # a training on its way: say so, not "no trained model"
+        project = repo.get_project_by_name(s, "widgets")
+        mv = repo.create_model_version(s, project.id, "kensa_patchcore", "efficientnet_lite0")
+        repo.start_model_version(s, mv.id, stage="extracting features")
+    at.run()
+    shown = texts(at)
+    assert "Training Model 1 is running" in shown
+    assert "There is no trained model to evaluate yet" not in shown
 
 
 def _matrix(at: AppTest) -> pd.DataFrame:
@@ -150,7 +166,8 @@ def test_evaluation_threshold_slider_and_save(home: Path, trained: Kensa) -> Non
     shown = texts(at)
     assert "Measured on **8 images the model did not learn from**: 4 good and 4 defect" in shown
     metrics = _frame_with(at, "metric").set_index("metric")["value"]
-    assert metrics["Image AUROC"] == f"{newest['metrics']['image_auroc']:.3f}"
+    auroc = f"{newest['metrics']['image_auroc']:.3f}"
+    assert metrics["Separates good from defect (image AUROC)"] == auroc
     # counts at the stored threshold, from the stored scores
     goods = [v for label, v in scores.values() if label == "good"]
     defects = [v for label, v in scores.values() if label == "defect"]
@@ -166,7 +183,16 @@ def test_evaluation_threshold_slider_and_save(home: Path, trained: Kensa) -> Non
     zones = _frame_with(at, "zone").set_index("zone")
     assert zones.loc["review", "images"] == band["counts"]["review"]["images"]
     assert sum(zones["images"]) == 8
-    assert len(at.image) == min(false_alarms, 4) + min(missed, 4)  # each error with its heatmap
+    assert band["caption"] in shown  # the caption is made from the counts in the table
+    # the legend, each worst error, and every evaluated image (right calls too) with its heatmap
+    assert len(at.image) == 1 + min(false_alarms, 4) + min(missed, 4) + 8
+    # 8 images: the page says the numbers are fragile, and by how much one image moves AUROC
+    assert "These numbers rest on only 8 held-out image(s) (4 good, 4 defect)" in shown
+    assert "moves the AUROC by up to 0.25" in shown
+    # the honest estimate beside the optimistic in-sample counts
+    assert "On images that did not choose the threshold" in shown and "optimistic" in shown
+    # the trained threshold has a margin: strictly between two stored scores, not on one
+    assert ev.threshold not in [v for _, v in scores.values()]
 
     # below the lowest defect score nothing is missed; the false alarms are every good above
     lo, _, step = ev.slider_scale()
@@ -181,11 +207,11 @@ def test_evaluation_threshold_slider_and_save(home: Path, trained: Kensa) -> Non
     _button(at, "Save threshold").click().run()
     assert not at.exception
     assert f"Saved: the threshold in use is now {lowered:.4f}" in texts(at)
-    history = _frame_with(at, "method")
+    history = _frame_with(at, "chosen")
     assert history.iloc[0]["threshold"] == pytest.approx(lowered)
-    assert bool(history.iloc[0]["active"]) and history.iloc[0]["method"] == "manual"
+    assert bool(history.iloc[0]["active"]) and history.iloc[0]["chosen"] == "set by hand"
     assert not bool(history.iloc[1]["active"])
-    assert f"Threshold in use: **{lowered:.4f}** (manual)" in texts(at)
+    assert f"Threshold in use: **{lowered:.4f}** (set by hand)" in texts(at)
 
 
 def test_evaluation_with_only_good_images_explains_what_is_missing(
@@ -202,7 +228,7 @@ def test_evaluation_with_only_good_images_explains_what_is_missing(
 def test_older_model_cannot_save(home: Path, trained: Kensa) -> None:
     older = list_model_versions(trained, "widgets")[-1]["id"]
     at = open_app(EVALUATION, "widgets")
-    at.selectbox(key="ev_model").set_value(older).run()
+    at.selectbox(key="ev_model_widgets").set_value(older).run()
     assert not at.exception
     assert not [b for b in at.button if b.label == "Save threshold"]
     assert "Only the newest model's threshold can be saved" in texts(at)

@@ -40,10 +40,11 @@ def test_project_session_and_history_json(
     assert code == 0 and "batch 'b1': 6 scored" in out
     code, out, _ = run(capsys, "score", "tiles", str(dataset / "test"), "--batch", "b1")
     assert code == 0 and "0 scored, 6 already scored" in out
-    code, out, _ = run(capsys, "threshold", "set", "tiles", "0.5")
-    assert code == 0 and "threshold 0.5000" in out
+    code, out, _ = run(capsys, "threshold", "set", "tiles", "40")
+    assert code == 0 and "threshold 40.0000" in out
     code, out, _ = run(capsys, "update-bank", "tiles", str(new_goods(2)))
     assert code == 0 and "bank v2 (parent v1" in out
+    assert "your manual threshold 40 was kept; the re-validated suggestion is" in out
     code, out, _ = run(capsys, "rollback", "tiles", "--to", "1")
     assert code == 0 and "bank v3 (rollback to v1) is active" in out
     code, out, _ = run(capsys, "history", "tiles")
@@ -56,12 +57,12 @@ def test_project_session_and_history_json(
         assert [(b["version"], b["kind"], b["active"]) for b in h["memory_bank_versions"]] == [
             (1, "initial", False), (2, "incremental", False), (3, "rollback", True)
         ]
-        # the rollback copies what was active for v1 then: the manual 0.5
+        # the update keeps the manual 40; the rollback copies what was active for v1 then
         assert [(t["method"], t["bank_version"], t["active"]) for t in h["thresholds"]] == [
-            ("f1_optimal", 1, False), ("manual", 1, True), ("f1_optimal", 2, True),
+            ("f1_optimal", 1, False), ("manual", 1, True), ("manual", 2, True),
             ("manual", 3, True),
         ]
-        assert h["thresholds"][-1]["raw_value"] == 0.5
+        assert [t["raw_value"] for t in h["thresholds"][1:]] == [40.0, 40.0, 40.0]
         assert [t["in_use"] for t in h["thresholds"]] == [False, False, False, True]
         assert {b["name"]: b["predictions"] for b in h["batches"]} == {
             "validation-m1": 8, "b1": 6
@@ -88,3 +89,66 @@ def test_errors_are_one_line_with_exit_code_2(
     assert code == 2 and "no trained model yet" in err
     code, _, err = run(capsys, "threshold", "set", "tiles", "nan")
     assert code == 2 and err.startswith("error: ")
+
+
+@pytest.mark.parametrize("failure, expected", [
+    (MemoryError(), "error: out of memory; try fewer or smaller images"),
+    (OSError(28, "No space left on device", "/data/kensa/banks/x"),
+     "error: No space left on device: /data/kensa/banks/x"),
+    (PermissionError(13, "Permission denied", "/data/kensa/kensa.db"),
+     "error: Permission denied: /data/kensa/kensa.db"),
+    (KeyError("bank"), "error: 'bank'"),
+    (TypeError(), "error: unexpected internal error; run again with KENSA_DEBUG=1"),
+])
+def test_every_failure_is_one_plain_line_with_exit_status_2(
+    cli_env: Kensa, dataset: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, failure: BaseException, expected: str,
+) -> None:
+    import services.history.versions as versions
+
+    run(capsys, "project", "create", "tiles", "--data", str(dataset))
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise failure
+
+    monkeypatch.setattr(versions, "history", broken)
+    monkeypatch.delenv("KENSA_DEBUG", raising=False)
+    code, out, err = run(capsys, "history", "tiles")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith(expected), err
+    assert "Traceback" not in err and type(failure).__name__ not in err
+    monkeypatch.setenv("KENSA_DEBUG", "1")  # the traceback, for whoever debugs it
+    code, _, err = run(capsys, "history", "tiles")
+    assert code == 2 and "Traceback" in err and err.rstrip().splitlines()[-1].startswith(expected)
+
+
+def test_interrupt_exits_130(cli_env: Kensa, dataset: Path, capsys: pytest.CaptureFixture[str],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import services.history.versions as versions
+
+    run(capsys, "project", "create", "tiles", "--data", str(dataset))
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(versions, "history", interrupted)
+    code, _, err = run(capsys, "history", "tiles")
+    assert code == 130 and err == "error: interrupted\n"
+
+
+def test_poisoning_refusals_and_overrides_on_the_command_line(
+    cli_env: Kensa, dataset: Path, new_goods, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "project", "create", "tiles", "--data", str(dataset))
+    run(capsys, "train", "tiles", "--shots", "4", "--seed", "0", "--set", "image_size=96")
+    for value in ("-1", "0", "1e308"):
+        code, _, err = run(capsys, "threshold", "set", "tiles", value)
+        assert code == 2 and "outside the sane range" in err and "--confirm" in err, err
+    code, out, _ = run(capsys, "threshold", "set", "tiles", "1e308", "--confirm")
+    assert code == 0 and "is active" in out
+    folder = new_goods(1)
+    defect = dataset / "test" / "spot" / "spot_001.png"
+    code, _, err = run(capsys, "update-bank", "tiles", str(folder), str(defect))
+    assert code == 2 and err.count("\n") == 1 and "spot_001.png is labelled defect" in err
+    code, out, _ = run(capsys, "history", "tiles")
+    assert code == 0 and "runs:" in out and "m1    kensa_patchcore" in out and " done " in out

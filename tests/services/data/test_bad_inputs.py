@@ -7,25 +7,35 @@ naming the file. Failures leave nothing behind: no ``.import-*`` temp file, no e
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+from sqlalchemy import select
 
 import services.data.imports as imports
-from engine.data import discover
+import services.inference.batches as batches
+from db.models import Base
+from engine.data import IMAGE_SUFFIXES, discover
 from engine.image_limits import MAX_MEGAPIXELS_ENV
+from services.context import Kensa
 from services.data.imports import ImportLimits, ImportRefused, import_folder, import_zip
+from services.data.projects import create_project
+from services.inference.batches import score_batch
 from services.inference.scoring import ScoringProblem, ThresholdInfo, iter_predictions
 from services.training.fit import train_model
+from services.training.project import train_project
 from tests.bad_inputs import write_corpus
 from tests.synthetic import make_mvtec, write_png
 
@@ -268,3 +278,143 @@ def test_training_skips_degenerate_goods_and_reads_masks_by_the_rule(
         assert result.message.startswith(str(corpus[name])) and words in result.message
     for name in IMPORTED:
         assert not isinstance(by_path[str(corpus[name])], ScoringProblem), name
+
+
+# --------------------------------------------------------------------------- through the services
+
+
+def _snapshot(ctx: Kensa) -> tuple[dict[str, set[str]], dict[str, str]]:
+    """Every stored row (but the jobs log, which records the failure itself) and the sha256 of
+    every file under KENSA_HOME (but the SQLite files and the queue): what a failure must not
+    change."""
+    rows: dict[str, set[str]] = {}
+    with ctx.session(readonly=True) as s:
+        for table in Base.metadata.sorted_tables:
+            if table.name != "jobs":
+                rows[table.name] = {json.dumps(list(r), sort_keys=True, default=str)
+                                    for r in s.execute(select(table))}
+    files = {
+        str(p.relative_to(ctx.home)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in ctx.home.rglob("*")
+        if p.is_file() and not p.name.startswith("kensa.db")
+        and p.relative_to(ctx.home).parts[0] not in ("jobs", "uploads")
+    }
+    return rows, files
+
+
+def _corpus_project(ctx: Kensa, corpus: dict[str, Path], root: Path) -> tuple[str, list[dict]]:
+    """Project "line" whose train/good holds 3 good images and the whole corpus."""
+    data = make_mvtec(root / "line", n_train=3, n_test_good=2, n_defect=2, size=96)
+    for name, path in corpus.items():
+        shutil.copy(path, data / "train" / "good" / name)
+    report = create_project(ctx, "line", data)
+    return "line", report.problems
+
+
+def test_training_a_project_uses_the_goods_and_names_every_bad_file(
+    ctx: Kensa, corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    project, problems = _corpus_project(ctx, corpus, tmp_path)
+    named = {Path(p["path"]).name: p["message"] for p in problems}
+    mv = train_project(ctx, project, shots=None, seed=0, params={"image_size": 96})
+    assert mv["status"] == "done"
+    learned = {Path(p).name for p in mv["metrics"]["shots"]}
+    skipped = mv["metrics"]["skipped"]
+    # Every corpus file is either learned from or named, with its path, as a problem.
+    good = (tmp_path / "line" / "train" / "good").resolve()
+    for name in corpus:
+        in_skipped = any(msg.startswith(f"{good / name}: ") for msg in skipped)
+        assert (name in learned) != (name in named or in_skipped), (name, named.get(name))
+    assert {f"good_{i:03d}.png" for i in range(3)} <= learned
+    for name in set(REJECTED) - {"junk_after.png", "animated.gif"}:  # cannot be pixels
+        assert name not in learned, name
+    assert {"one_px.png", "flat.png"} <= set(named)  # a blank frame never looks normal
+    assert "not an image file" in named["animated.gif"]
+
+
+def test_scoring_the_corpus_through_the_service_keeps_history(
+    ctx: Kensa, corpus: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project, _ = _corpus_project(ctx, corpus, tmp_path)
+    train_project(ctx, project, shots=None, seed=0, params={"image_size": 96})
+    result = score_batch(ctx, project, corpus["ok.png"].parent, "corpus")
+    outcome = {Path(p["image_path"]).name: "prediction" for p in result.predictions}
+    outcome |= {Path(p["path"]).name: p["problem"] for p in result.problems}
+    images = {n for n in corpus if Path(n).suffix.lower() in IMAGE_SUFFIXES}
+    assert set(outcome) == images  # a prediction or a named problem per image file
+    for name, words in REJECTED.items():
+        if name in images and name != "junk_after.png":  # junk_after's pixels are valid
+            assert outcome[name].startswith(str(corpus[name])) and words in outcome[name], name
+
+    # A scoring that fails half-way (disk full while writing heatmaps) changes nothing stored.
+    rows, files = _snapshot(ctx)
+    calls = {"n": 0}
+    real_save = batches.save_heatmap
+
+    def full_disk(*args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError(28, "No space left on device")
+        real_save(*args, **kwargs)
+
+    monkeypatch.setattr(batches, "save_heatmap", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        score_batch(ctx, project, tmp_path / "line" / "test", "second")
+    after_rows, after_files = _snapshot(ctx)
+    for table, before in rows.items():
+        assert before <= after_rows[table], table  # every stored row is still there, unchanged
+    assert {k: after_files[k] for k in files} == files  # and every artifact, byte for byte
+    assert after_rows["predictions"] == rows["predictions"]  # nothing half-scored was kept
+
+    # A failing import (a full disk while indexing) leaves rows and files exactly as they were.
+    monkeypatch.setattr(imports, "create_project", lambda *a, **k: (_ for _ in ()).throw(
+        OSError(28, "No space left on device")))
+    zip_path = tmp_path / "more.zip"
+    zip_path.write_bytes(_corpus_zip(corpus).getvalue())
+    rows, files = _snapshot(ctx)
+    with pytest.raises(OSError):
+        imports.import_data(ctx, "more", zip_file=zip_path, create=True)
+    assert _snapshot(ctx) == (rows, files)
+
+
+def test_a_zip_upload_is_only_saved_in_the_server(
+    corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    """The page's side of a zip import writes the upload to a file and queues a job: no entry
+    is opened or decoded in the Streamlit process (the 2 GB case), so its memory stays flat."""
+    (tmp_path / "bombs.zip").write_bytes(_corpus_zip(corpus).getvalue())
+    script = textwrap.dedent(
+        """
+        import io, json, resource, sys
+        from pathlib import Path
+        import engine.data, services.data.imports as imports
+        from services.context import Kensa
+        from services.jobs import api
+
+        def no_decoding(*args, **kwargs):
+            raise AssertionError("the server process decoded an image")
+
+        imports.verify_image = engine.data.verify_image = no_decoding
+        imports.import_zip = no_decoding
+        ctx = Kensa.create(Path(sys.argv[2]))
+        upload = io.BytesIO(Path(sys.argv[1]).read_bytes())  # what Streamlit hands the page
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        job_id = imports.start_import_job(ctx, "bombs", zip_file=upload, create=True)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        job = api.get_job(ctx, job_id)
+        saved = ctx.resolve(job["payload"]["zip"])
+        print(json.dumps({"growth_kb": after - before, "status": job["status"],
+                          "same": saved.read_bytes() == Path(sys.argv[1]).read_bytes()}))
+        """
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", KENSA_LOCAL_WORKER="0")
+    env.pop("KENSA_JOBS_INLINE", None)
+    env.pop("DATABASE_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "bombs.zip"), str(tmp_path / "home")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["status"] == "queued" and result["same"]
+    assert result["growth_kb"] < 30 * 1024, result

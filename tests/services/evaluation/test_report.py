@@ -112,13 +112,22 @@ def test_review_band_brackets_the_uncertain_scores(ctx: Kensa, evaluated: int) -
     assert band["overlap"] == overlap
     assert (band["low"], band["high"]) == pytest.approx(
         (low_defect, top_good) if overlap else (top_good, low_defect))
-    assert band["low_is"] == ("the lowest defect score" if overlap else "the highest good score")
-    # engine.thresholds.ReviewBand: below low is "sure good", from high up "sure defect"
+    # Each edge score counts on its own side: separated, the highest good is "sure good" (it
+    # used to fall in "review" while the caption said the scores do not overlap); overlapping,
+    # both edges are in the reviewed overlap.
     everything = [*(("good", v) for v in goods.values()),
                   *(("defect", v) for v in defects.values())]
-    for zone, inside in (("good", lambda v: v < band["low"]),
-                         ("review", lambda v: band["low"] <= v < band["high"]),
-                         ("defect", lambda v: v >= band["high"])):
+    lo, hi = band["low"], band["high"]
+    if overlap:
+        zones = (("good", lambda v: v < lo), ("review", lambda v: lo <= v <= hi),
+                 ("defect", lambda v: v > hi))
+    else:
+        zones = (("good", lambda v: v <= lo), ("review", lambda v: lo < v < hi),
+                 ("defect", lambda v: v >= hi))
+    assert (band["counts"]["review"]["images"] == 0) == (not overlap)
+    assert band["caption"].startswith("No evaluated image" if not overlap else
+                                      f"{band['counts']['review']['images']} evaluated image")
+    for zone, inside in zones:
         counts = band["counts"][zone]
         assert counts["good"] == sum(lab == "good" and inside(v) for lab, v in everything)
         assert counts["defect"] == sum(lab == "defect" and inside(v) for lab, v in everything)
@@ -155,12 +164,16 @@ def test_prediction_of_a_removed_image_is_counted_not_guessed(ctx: Kensa, evalua
 
 def test_save_threshold_adds_a_row_and_keeps_history(ctx: Kensa, evaluated: int) -> None:
     before = load_evaluation(ctx, "widgets", evaluated)
-    row = save_threshold(ctx, "widgets", evaluated, 0.55)
-    assert row["raw_value"] == 0.55 and row["active"]
+    value = round(float(np.median(before.scores)), 4)  # inside the sane range of the scores
+    row = save_threshold(ctx, "widgets", evaluated, value)
+    assert row["raw_value"] == value and row["active"]
     history = threshold_history(ctx, "widgets", evaluated)
     assert [(h["threshold"], h["active"], h["method"]) for h in history] == [
-        (0.55, True, "manual"), (pytest.approx(before.threshold), False, before.threshold_method)]
-    assert load_evaluation(ctx, "widgets", evaluated).threshold == 0.55
+        (value, True, "manual"), (pytest.approx(before.threshold), False, before.threshold_method)]
+    assert load_evaluation(ctx, "widgets", evaluated).threshold == value
+    with pytest.raises(ValueError, match="outside the sane range"):
+        save_threshold(ctx, "widgets", evaluated, 0.0)
+    assert save_threshold(ctx, "widgets", evaluated, 0.0, confirm_extreme=True)["raw_value"] == 0
 
 
 def test_only_the_model_in_use_gets_a_threshold(ctx: Kensa, evaluated: int) -> None:

@@ -91,7 +91,7 @@ def test_rollback_restores_the_old_bank_and_threshold(
     score_v1 = _score(ctx, project, probe)
     v1_threshold = history(ctx, project)["thresholds"][0]
     update_bank(ctx, project, [new_goods(3)])
-    set_threshold(ctx, project, 123.0)
+    set_threshold(ctx, project, 123.0, confirm_extreme=True)  # far above every score
     bank = rollback(ctx, project, 1)
     h = history(ctx, project)
     v1 = h["memory_bank_versions"][0]
@@ -134,3 +134,34 @@ def test_history_shape(ctx: Kensa, project: str, trained: dict[str, Any], datase
                          "active", "created_at"}
     assert [b["name"] for b in h["batches"]] == [f"validation-m{trained['id']}"]
     assert h["batches"][0]["predictions"] == 8 and h["predictions_count"] == 8
+
+
+def test_history_lists_runs_and_a_killed_training_shows_failed_with_the_reason(
+    ctx: Kensa, project: str, trained: dict[str, Any]
+) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    import db.jobs as jobs_repo
+    from db.models import Job, utcnow
+    from services.jobs import api
+    from services.training.project import request_training
+    from tests.services.conftest import PARAMS, SHOTS
+
+    mv_id = request_training(ctx, project, SHOTS, 1, PARAMS)
+    job_id = api.submit(ctx, "train", {"model_version_id": mv_id}, max_attempts=1,
+                        project_id=trained["project_id"])
+    with ctx.session() as s:  # a worker took it, started training, then was SIGKILLed
+        jobs_repo.claim_job(s, job_id, "gone:1:worker-x")
+        repo.start_model_version(s, mv_id, stage="extracting features")
+        s.execute(update(Job).where(Job.id == job_id)
+                  .values(heartbeat_at=utcnow() - timedelta(seconds=300)))
+    runs = history(ctx, project)["runs"]  # reading history reaps: no "running" for ever
+    assert [(r["model_version_id"], r["status"]) for r in runs] == [
+        (trained["id"], "done"), (mv_id, "failed")]
+    dead = runs[1]
+    assert dead["job_id"] == job_id and dead["job_status"] == "failed"
+    assert dead["error"].startswith("the worker stopped (gone:1:worker-x; no heartbeat for")
+    assert dead["error"] == dead["job_error"]
+    assert runs[0]["job_status"] == "done" and runs[0]["finished_at"] is not None

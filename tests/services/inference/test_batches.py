@@ -94,3 +94,62 @@ def test_scoring_refusals(ctx: Kensa, project: str, dataset: Path, tmp_path: Pat
         score_batch(ctx, project, dataset / "test", "validation-m1")
     with pytest.raises(LookupError, match="no project named"):
         score_batch(ctx, "nope", dataset / "test", "b")
+
+
+def test_a_model_that_fails_to_load_leaves_no_empty_batch(
+    ctx: Kensa, project: str, trained: dict[str, Any], dataset: Path
+) -> None:
+    from engine.models import ModelStateError
+    from services.inference.batches import get_active_model
+
+    active = get_active_model(ctx, project)
+    (active.state_dir / "bank.safetensors").write_bytes(b"not a bank")
+    with pytest.raises(ModelStateError, match="integrity check"):
+        score_batch(ctx, project, dataset / "test", "line-9")
+    assert "line-9" not in [b["name"] for b in list_batches(ctx, project)]
+    empty = dataset / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        score_batch(ctx, project, empty, "line-10")
+    assert "line-10" not in [b["name"] for b in list_batches(ctx, project)]
+
+
+def test_concurrent_runs_into_one_batch_report_what_each_inserted(
+    ctx: Kensa, project: str, trained: dict[str, Any], dataset: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    folder = dataset / "test"
+    barrier = threading.Barrier(2, timeout=60)
+    known = repo.scored_shas
+
+    def both_read_then_race(session: Any, batch_id: int) -> set[str]:
+        out = known(session, batch_id)
+        barrier.wait()  # both runs saw an empty batch: each will try to insert every image
+        return out
+
+    monkeypatch.setattr(repo, "scored_shas", both_read_then_race)
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(score_batch(ctx, project, folder, "shared", chunk=2))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert len(results) == 2
+    for r in results:
+        assert r.scored == len(r.predictions) and r.skipped == r.files - r.scored
+    assert sum(r.scored for r in results) == 6  # every image once, counted by its inserter
+    shas = [p["image_sha256"] for r in results for p in r.predictions]
+    assert len(shas) == len(set(shas)) == 6
+    (summary,) = [b for b in list_batches(ctx, project) if b["name"] == "shared"]
+    assert summary["predictions"] == 6

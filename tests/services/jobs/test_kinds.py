@@ -35,6 +35,12 @@ from services.training.setup import active_runs
 from tests.services.conftest import PARAMS, SHOTS
 
 
+@pytest.fixture(autouse=True)
+def import_roots_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Folder imports read the test's own temp folder, which is outside the default roots."""
+    monkeypatch.setenv("KENSA_IMPORT_ROOTS", str(tmp_path))
+
+
 def test_selftest_records_one_run_and_the_queue_holds_the_message(ctx: Kensa) -> None:
     job_id = api.submit(ctx, "selftest", {"seconds": 0.2})
     assert get_queue(ctx.home).pending() == 1

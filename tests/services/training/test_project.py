@@ -80,7 +80,7 @@ def test_bad_parameters_are_refused_before_queueing(ctx: Kensa, project: str) ->
         request_training(ctx, project, params={"imagesize": 96})
     with pytest.raises(ValueError, match="image_size"):
         request_training(ctx, project, params={"image_size": 10})
-    with pytest.raises(ValueError, match="asked for 7 shots"):
+    with pytest.raises(ValueError, match="Choose between 1 and 6 good images"):
         request_training(ctx, project, shots=7)
     assert list_model_versions(ctx, project) == []
 

@@ -57,7 +57,7 @@ def test_threshold_falls_back_to_good_scores_without_defects(tmp_path: Path) -> 
 
 def test_too_many_shots_is_a_clear_error(tmp_path: Path) -> None:
     index = discover(make_mvtec(tmp_path / "d", n_train=3, n_test_good=1, n_defect=1))
-    with pytest.raises(TrainingInputError, match="choose 1 to 3"):
+    with pytest.raises(TrainingInputError, match="Choose between 1 and 3"):
         split_records(index, shots=10, seed=0)
 
 
