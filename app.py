@@ -16,7 +16,9 @@ from services.data.demo import ensure_demo
 from services.data.projects import list_projects
 from ui.common import (
     DATASETS_PAGE,
+    DRIFT_PAGE,
     EVALUATION_PAGE,
+    EXPLAINABILITY_PAGE,
     LOTS_PAGE,
     NEW_PROJECT_PAGE,
     PROJECT_KEY,
@@ -92,10 +94,13 @@ navigation = st.navigation(
                     url_path="training"),
             st.Page(EVALUATION_PAGE, title="Evaluation", icon=":material/analytics:",
                     url_path="evaluation"),
+            st.Page(EXPLAINABILITY_PAGE, title="Explainability", icon=":material/saved_search:",
+                    url_path="explainability"),
             st.Page(LOTS_PAGE, title="Production lots", icon=":material/fact_check:",
                     url_path="lots"),
-            # Still to come, in the order a user works: "augmentation" after Datasets,
-            # "explainability" after Evaluation, "drift" after Production lots.
+            st.Page(DRIFT_PAGE, title="Drift monitor", icon=":material/monitoring:",
+                    url_path="drift"),
+            # Still to come, in the order a user works: "augmentation" after Datasets.
         ],
     }
 )

@@ -51,8 +51,8 @@ if model is None:
                  icon=":material/model_training:", query_params=with_project(name))
     st.stop()
 st.caption(
-    f"Score a lot of new parts: every image gets a verdict from {model['model']} "
-    f"(bank v{model['bank_version']}, threshold {model['threshold']:.4f}). Scoring a lot again "
+    f"Score a lot of new parts: every image gets a verdict from {model['label']} "
+    f"(threshold {model['threshold']:.4f}). Scoring a lot again "
     "under the same name only scores the images it has not seen yet."
 )
 

@@ -709,6 +709,15 @@ def add_drift_reports(
     return rows
 
 
+def delete_drift_reports(session: Session, report_ids: Iterable[int]) -> int:
+    """Delete drift report rows by id: a re-run report replaces its own earlier rows (same lot,
+    same reference), in the caller's transaction, so readers never see a lot half-reported."""
+    ids = [int(i) for i in report_ids]
+    if not ids:
+        return 0
+    return session.execute(delete(DriftReport).where(DriftReport.id.in_(ids))).rowcount
+
+
 def list_drift_reports(
     session: Session, *, batch_id: int | None = None, project_id: int | None = None
 ) -> list[DriftReport]:

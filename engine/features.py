@@ -27,6 +27,7 @@ class PatchFeatureExtractor(nn.Module):
         backbone: str = DEFAULT_BACKBONE,
         pool_size: int = 3,
         normalization: Normalization = "none",
+        align_coarse: bool = True,
     ) -> None:
         super().__init__()
         if normalization not in ("none", "instance", "layer"):
@@ -37,6 +38,8 @@ class PatchFeatureExtractor(nn.Module):
         self.network = build_feature_extractor(backbone)
         self.pool = nn.AvgPool2d(pool_size, stride=1, padding=pool_size // 2)
         self.normalization = normalization
+        #: False: the pre-alignment upsampling (half a stride-8 cell off), for banks built so
+        self.align_coarse = align_coarse
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.eval()
@@ -52,10 +55,36 @@ class PatchFeatureExtractor(nn.Module):
         x = (images - self.mean) / self.std
         fine, coarse = self.network(x)
         fine, coarse = self.pool(fine), self.pool(coarse)
-        coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        if self.align_coarse:
+            coarse = upsample_onto_fine(coarse, fine.shape[-2:])
+        else:
+            coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear",
+                                   align_corners=False)
         if self.normalization == "instance":
             fine, coarse = F.instance_norm(fine), F.instance_norm(coarse)
         elif self.normalization == "layer":
             fine = F.layer_norm(fine.movedim(1, -1), fine.shape[1:2]).movedim(-1, 1)
             coarse = F.layer_norm(coarse.movedim(1, -1), coarse.shape[1:2]).movedim(-1, 1)
         return torch.cat([fine, coarse], dim=1)
+
+
+def upsample_onto_fine(coarse: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Stride-16 map [B,C,h,w] onto the stride-8 grid ``size``: coarse cell j on fine cell 2j.
+
+    Both stages pad symmetrically, so coarse cell j and fine cell 2j are centred on the same
+    pixel (16j); fine cell i therefore reads the coarse map at i / 2 (bilinear, last cell held).
+    ``F.interpolate(..., align_corners=False)`` reads it at i / 2 - 1/4 instead, which put the
+    context half of every patch vector half a fine cell (4 px) up and left of its fine half.
+    """
+    out = coarse
+    for dim, n in ((2, int(size[0])), (3, int(size[1]))):
+        m = out.shape[dim]
+        src = (torch.arange(n, dtype=torch.float32, device=out.device) / 2).clamp(max=m - 1)
+        lo = src.floor().long()
+        hi = (lo + 1).clamp(max=m - 1)
+        w = (src - lo).to(out.dtype)
+        shape = [1, 1, 1, 1]
+        shape[dim] = n
+        w = w.view(shape)
+        out = out.index_select(dim, lo) * (1 - w) + out.index_select(dim, hi) * w
+    return out

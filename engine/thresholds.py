@@ -245,8 +245,15 @@ def normalize(scores: ArrayLike, threshold: float, normal_scores: ArrayLike) -> 
         raise ValueError(
             f"threshold ({threshold}) must be above the median normal score ({median})"
         )
-    s = np.asarray(scores, dtype=np.float64)
+    s = _float_array(scores)
     return np.clip(0.5 * (s - median) / (threshold - median), 0.0, 1.0)
+
+
+def _float_array(values: ArrayLike) -> np.ndarray:
+    """``values`` as floats, float32 kept as float32: a full-size anomaly map of a large image
+    must not be copied to float64 just to be normalised (peak memory while scoring)."""
+    arr = np.asarray(values)
+    return arr if arr.dtype == np.float32 else arr.astype(np.float64)
 
 
 def confidence(score: ArrayLike, threshold: float, normal_scores: ArrayLike) -> float | np.ndarray:

@@ -13,6 +13,8 @@ Projects (database under ``KENSA_HOME``, or ``DATABASE_URL``; the schema is upgr
     python -m services.cli score NAME PATH --batch BATCH
     python -m services.cli history NAME [--json]
     python -m services.cli lots NAME [--json]
+    python -m services.cli explain NAME IMAGE [--html FILE] [--k 3] [--json]
+    python -m services.cli drift NAME [--json] [--no-embedding] [--no-store]
     python -m services.cli review NAME --batch B --image SHA --verdict good|defect --by WHO
     python -m services.cli rollback NAME --to VERSION
     python -m services.cli threshold set NAME VALUE
@@ -302,6 +304,46 @@ def cmd_lots(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drift(args: argparse.Namespace) -> int:
+    """Drift of every lot against the model's reference (the Drift page's numbers); the
+    report is stored in ``drift_reports`` unless ``--no-store``."""
+    from services.monitoring.drift import drift_overview
+
+    overview = drift_overview(_ctx(), args.name, embedding=not args.no_embedding,
+                              store=not args.no_store)
+    lines = [overview.headline]
+    for lot in overview.lots:
+        lines.append(f"{lot.name:<24} {lot.verdict:<7} {lot.n_images:>5} images  median "
+                     f"{lot.median:.4g}  p95 {lot.p95:.4g}  reject {lot.reject_rate:.0%}  "
+                     f"{lot.model_label}")
+        lines += [f"    - {alert}" for alert in lot.alerts]
+    _print(overview.as_json(), args.json, "\n".join(lines))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Why one image is good or a defect: verdict, confidence, regions with their nearest
+    training patches; ``--html FILE`` writes the self-contained report."""
+    from services.inference.explain import explain_image, report_html
+
+    image = Path(args.image)
+    if not image.is_file():
+        raise FileNotFoundError(f"{image}: no such image file")
+    e = explain_image(_ctx(), args.name, path=image, k=args.k)
+    if args.html:
+        Path(args.html).write_text(report_html(e), encoding="utf-8")
+    lines = [e.summary, *(f"  - {w}" for w in e.confidence_words)]
+    for r in e.regions:
+        lines.append(f"region {r.index}: {r.kind} box {r.box} {r.area_px} px "
+                     f"({r.area_pct:.2f} %) peak {r.peak:.4g} mean {r.mean:.4g}")
+        lines += [f"    near {n.file_name} row {n.row} col {n.col} ({n.view}) "
+                  f"distance {n.distance:.4g}" for n in r.nearest]
+    if args.html:
+        lines.append(f"report written to {args.html}")
+    _print(e.as_json(), args.json, "\n".join(lines))
+    return 0
+
+
 def cmd_review(args: argparse.Namespace) -> int:
     """A person's verdict on one image of a lot, stored with who and when (as on the page)."""
     from services.inference.lots import review, when
@@ -338,12 +380,17 @@ def cmd_threshold_set(args: argparse.Namespace) -> int:
 
 
 def cmd_update_bank(args: argparse.Namespace) -> int:
-    from services.history.versions import bank_update_payload
+    from services.history.versions import SUSPECT_PHRASE, bank_update_payload
 
     ctx = _ctx()
     payload, project_id = bank_update_payload(ctx, args.name, args.paths, args.note,
                                               force_suspect=args.force_suspect)
-    bank = _run_job(args, "update_bank", payload, project_id, ctx)
+    try:
+        bank = _run_job(args, "update_bank", payload, project_id, ctx)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the command line's own hint
+        if SUSPECT_PHRASE in str(exc):
+            raise RuntimeError(f"{exc} (--force-suspect)") from exc
+        raise
     if bank is None:
         return 0
     for p in bank["problems"]:
@@ -499,6 +546,21 @@ def build_parser() -> argparse.ArgumentParser:
     lots = add("lots", help="production lots of a project: counts, reviews, model used")
     lots.add_argument("name")
     lots.set_defaults(func=cmd_lots)
+
+    drift = add("drift", help="drift of each lot against the model's reference, with alerts")
+    drift.add_argument("name")
+    drift.add_argument("--no-embedding", action="store_true",
+                       help="skip the patch-feature (MMD) test, which loads the model")
+    drift.add_argument("--no-store", action="store_true",
+                       help="report only; write nothing to drift_reports")
+    drift.set_defaults(func=cmd_drift)
+
+    expl = add("explain", help="why an image is good or a defect: regions, nearest patches")
+    expl.add_argument("name")
+    expl.add_argument("image", metavar="IMAGE", help="image file")
+    expl.add_argument("--html", metavar="FILE", help="also write the self-contained HTML report")
+    expl.add_argument("--k", type=int, default=3, help="nearest normal patches per region")
+    expl.set_defaults(func=cmd_explain)
 
     rev = add("review", help="confirm or overrule the verdict on one image of a lot")
     rev.add_argument("name")

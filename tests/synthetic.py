@@ -62,3 +62,20 @@ def make_mvtec(root: Path, n_train: int = 6, n_test_good: int = 4, n_defect: int
         write_png(root / "ground_truth" / "spot" / f"spot_{i:03d}_mask.png",
                   mask.astype(np.uint8) * 255)
     return root
+
+
+def lighting_shift(image: np.ndarray, strength: float = 1.5, centre: tuple[int, int] = (30, 30),
+                   radius: float | None = None) -> np.ndarray:
+    """The same part under a lamp that moved: a Gaussian hot spot brightening one area.
+
+    A uniform brightness or contrast change barely moves the scores of an ImageNet-feature
+    model (its features are built to ignore exposure); a hot spot changes local texture and
+    does raise them, which is what a real lighting change on a line does.
+    """
+    size = image.shape[0]
+    sigma = radius if radius is not None else size / 4.8
+    yy, xx = np.mgrid[0:size, 0:image.shape[1]].astype(np.float32)
+    gain = 1.0 + strength * np.exp(-((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2)
+                                   / (2 * sigma ** 2))
+    shifted = image.astype(np.float32) * (gain[..., None] if image.ndim == 3 else gain)
+    return np.clip(shifted, 0, 255).astype(np.uint8)

@@ -27,7 +27,9 @@ CHOSEN_KEY = "_project"
 DATASETS_PAGE = "app_pages/datasets.py"
 TRAINING_PAGE = "app_pages/training.py"
 EVALUATION_PAGE = "app_pages/evaluation.py"
+EXPLAINABILITY_PAGE = "app_pages/explainability.py"
 LOTS_PAGE = "app_pages/lots.py"
+DRIFT_PAGE = "app_pages/drift.py"
 NEW_PROJECT_PAGE = "app_pages/new_project.py"
 
 

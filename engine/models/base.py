@@ -49,6 +49,23 @@ class ScoreResult(NamedTuple):
     maps: list[np.ndarray]
 
 
+class PatchEvidence(NamedTuple):
+    """One image scored with the evidence behind it (models with ``NEAREST_PATCHES``).
+
+    ``score`` and ``score_map`` equal what ``score`` gives for the image; ``distances``,
+    ``bank_rows`` and ``provenance`` hold the k nearest bank vectors of every feature-grid cell
+    (``[gh, gw, k]``, ``[gh, gw, k]``, ``[gh, gw, k, 3]`` = record id, row, col), ascending in
+    distance, so an explanation costs one backbone pass, not a second scoring.
+    """
+
+    score: float
+    score_map: np.ndarray
+    distances: np.ndarray
+    bank_rows: np.ndarray
+    provenance: np.ndarray
+    work_size: tuple[int, int]
+
+
 class FitReport(NamedTuple):
     """What a fit produced, for logs and the database."""
 

@@ -36,6 +36,7 @@ from engine.models.base import (
     FitReport,
     ImageSource,
     ModelStateError,
+    PatchEvidence,
     ProgressFn,
     ProvenanceRecord,
     ScoreResult,
@@ -43,11 +44,20 @@ from engine.models.base import (
     read_verified,
     require,
 )
-from engine.models.preprocess import GRID_STRIDE, resize_map, to_tensor
+from engine.models.preprocess import (
+    CELL_CENTRE,
+    GRID_STRIDE,
+    grid_to_work,
+    resize_map,
+    to_tensor,
+)
 
 BANK_FILE = "bank.safetensors"
 #: model.json layout: 2 = provenance records per (image, view); 1 (no key) = "images" by index.
 STATE_FORMAT_VERSION = 2
+#: model.json's "feature_alignment": the stride-16 stage sits on the stride-8 cells it covers
+#: (engine.features.upsample_onto_fine); absent = a bank built with the older upsampling.
+FEATURE_ALIGNMENT = "coarse-on-fine"
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,22 @@ def view_name(view: tuple[int, bool]) -> str:
     """``rot0``, ``rot90``, ..., ``rot270+flip``: how a provenance record names its view."""
     turns, flip = view
     return f"rot{90 * turns}" + ("+flip" if flip else "")
+
+
+def view_provenance(height: int, width: int, view: tuple[int, bool]) -> torch.Tensor:
+    """[h*w, 2] original-grid (row, col) of what each cell of a viewed grid LOOKS at.
+
+    ``grid_coordinates`` mirrors indices (viewed cell c <- original cell n - 1 - c), which is
+    right for the content of a cell but not for where its vector looks: a cell's receptive
+    field is centred ``CELL_CENTRE`` cells off its index (engine.models.preprocess), so along
+    a mirrored axis it lands on original cell n - c - 2 * CELL_CENTRE (clipped to the grid).
+    """
+    coords = grid_coordinates(height, width, view)
+    shift = round(1 - 2 * CELL_CENTRE)
+    for axis, n in ((0, height), (1, width)):
+        if shift and n > 1 and int(coords[0, axis]) == n - 1:  # viewed (0, 0) from the far end
+            coords[:, axis] = (coords[:, axis] + shift).clamp(max=n - 1)
+    return coords
 
 
 @dataclass
@@ -239,7 +265,7 @@ class FewShotPatchCore:
             for v, (viewed, view) in enumerate(iter_views(tensor, views)):
                 feats = self._features(viewed)[0]  # [D,h',w']
                 vectors.append(feats.flatten(1).T.contiguous())
-                coords = grid_coordinates(gh, gw, view)
+                coords = view_provenance(gh, gw, view)
                 if coords.shape[0] != vectors[-1].shape[0]:
                     raise RuntimeError(
                         f"feature grid {tuple(feats.shape[1:])} does not match {gh}x{gw}"
@@ -305,7 +331,7 @@ class FewShotPatchCore:
     def score_one(self, image: np.ndarray) -> tuple[float, np.ndarray]:
         distances, _, (grid, work_size) = self.patch_distances(image)
         patch = distances.mean(dim=1).reshape(grid).float().cpu().numpy()
-        work = cv2.resize(patch, (work_size[1], work_size[0]), interpolation=cv2.INTER_LINEAR)
+        work = grid_to_work(patch, work_size[0], work_size[1])  # cells where they look
         if self.config.blur_sigma > 0:
             work = cv2.GaussianBlur(work, (0, 0), self.config.blur_sigma)
         score = float(work.max())
@@ -318,6 +344,58 @@ class FewShotPatchCore:
             scores.append(s)
             maps.append(m)
         return ScoreResult(np.asarray(scores, dtype=np.float64), maps)
+
+    # -- explanation (engine.explain) ------------------------------------------------------
+    def explain_patches(self, image: np.ndarray, k: int = 3) -> PatchEvidence:
+        """Score one image and keep the ``k`` nearest bank vectors of every patch, in ONE pass.
+
+        An explanation needs the score, the map and the neighbours; scoring first and searching
+        again would pay the backbone and the kNN twice. The first ``n_neighbors`` columns of an
+        ascending kNN are exactly what :meth:`score_one` averages, so score and map are the same
+        numbers scoring gives (the explain tests check it).
+        """
+        if self.bank is None:
+            raise RuntimeError("the model has no memory bank yet: call fit() or load() first")
+        k = max(1, min(int(k), len(self.bank)))
+        n = self.config.n_neighbors
+        tensor = to_tensor(image, self.config.image_size)
+        feats = self._features(tensor)[0]
+        gh, gw = (int(v) for v in feats.shape[1:])
+        result = self.bank.knn(feats.flatten(1).T, k=max(k, n))
+        patch = result.distances[:, :n].mean(dim=1).reshape(gh, gw).float().cpu().numpy()
+        work_h, work_w = (int(v) for v in tensor.shape[-2:])
+        work = grid_to_work(patch, work_h, work_w)  # as score_one
+        if self.config.blur_sigma > 0:
+            work = cv2.GaussianBlur(work, (0, 0), self.config.blur_sigma)
+        rows = result.indices[:, :k].cpu()
+        return PatchEvidence(
+            float(work.max()), resize_map(work, image.shape[0], image.shape[1]),
+            result.distances[:, :k].float().cpu().numpy().reshape(gh, gw, k),
+            rows.numpy().reshape(gh, gw, k),
+            self.bank.provenance[rows.reshape(-1)].numpy().reshape(gh, gw, k, 3),
+            (work_h, work_w),
+        )
+
+    def stage_activations(self, image: np.ndarray) -> list[tuple[str, int, int, np.ndarray]]:
+        """Per backbone stage the model reads: (layer, stride, channels, mean |activation|).
+
+        What the backbone "looks at" before the bank comparison (the explain page's feature
+        view); the maps are on each stage's own grid, taken from the same normalized,
+        intensity-matched input that scoring uses.
+        """
+        tensor = to_tensor(image, self.config.image_size).to(self.device)
+        if self.config.match_intensity:
+            tensor = self._match_intensity(tensor)
+        extractor = self.extractor
+        info = extractor.network.feature_info
+        with torch.inference_mode():
+            stages = extractor.network((tensor - extractor.mean) / extractor.std)
+        return [
+            (str(name), int(stride), int(channels),
+             stage[0].abs().mean(dim=0).float().cpu().numpy())
+            for name, stride, channels, stage in zip(
+                info.module_name(), info.reduction(), info.channels(), stages, strict=True)
+        ]
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, directory: Path) -> dict[str, str]:
@@ -336,6 +414,7 @@ class FewShotPatchCore:
             "n_shots": self.state.n_shots,
             "n_patches": self.state.n_patches,
             "intensity": list(self.state.intensity),
+            "feature_alignment": FEATURE_ALIGNMENT if self.extractor.align_coarse else None,
             "bank_file": BANK_FILE,
             "bank_sha256": bank_sha,
         }
@@ -355,6 +434,8 @@ class FewShotPatchCore:
         try:
             config = FewShotConfig.from_params(require(payload, "config", directory))
             model = cls(config, device=device)
+            # a bank built before the stages were aligned keeps its features' geometry
+            model.extractor.align_coarse = payload.get("feature_alignment") == FEATURE_ALIGNMENT
             records, n_shots = _stored_records(payload, directory)
             model.state = FewShotState(model.config, records, n_shots,
                                        int(require(payload, "n_patches", directory)),
@@ -398,10 +479,10 @@ class _FitPlan:
     #: patch vectors before the coreset; None: square images at 384 px (48 x 48 per view)
     patches: int | None = None
 
-    PREPARE_S = 0.054
-    EXTRACT_S = 0.31
-    #: one greedy step over one candidate row (47.6 s for 460,800 patches to 10k)
-    ROW_STEP_S = 1.13e-7
+    PREPARE_S = 0.009
+    EXTRACT_S = 0.077
+    #: one greedy step over one candidate row (19 s for 460,800 patches to 10k)
+    ROW_STEP_S = 4.6e-8
     PATCHES_PER_VIEW = 2304  # a square image at 384 px: 48 x 48
 
     @property

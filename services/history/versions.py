@@ -202,12 +202,13 @@ def _candidates(ctx: Kensa, name: str, files: Sequence[Path]
             problems.append({"path": str(path), "problem": str(exc)})
             continue
         if digest in defects:
-            refused.append(f"{path} is labelled defect in project {name!r} (as {defects[digest]})"
-                           "; a defect image must never become part of what the model calls good")
+            refused.append(f"{Path(path).name} is labelled defect in this project (as "
+                           f"{Path(defects[digest]).name}); a defect image must never become "
+                           "part of what the model calls good")
             continue
         reason = degenerate_reason(image)
         if reason:
-            refused.append(f"{path}: {reason}")
+            refused.append(f"{Path(path).name} {reason}")
             continue
         images.append(image)
         sources.append(ImageSource(str(Path(path).resolve()), digest))
@@ -226,27 +227,49 @@ def _suspects(model: AnomalyModel, images: Sequence[np.ndarray], sources: Sequen
     return out
 
 
+#: Ends every refusal of an image that scores as a defect; the CLI adds its override flag.
+SUSPECT_PHRASE = "add it only if a person confirms it is good"
+
+
 def _suspect_message(s: dict[str, Any]) -> str:
-    return (f"{s['path']} scores {s['score']:.4g}, above the threshold {s['threshold']:.4g}: "
-            "it looks like a defect; add it only if a person confirms it is good "
-            "(--force-suspect)")
+    """Files are named, not their server paths: the message reaches pages and job rows."""
+    return (f"{Path(s['path']).name} scores {s['score']:.4g}, above the threshold "
+            f"{s['threshold']:.4g}: it looks like a defect; {SUSPECT_PHRASE}")
 
 
 def _threshold_note(active: ActiveModel, chosen: dict[str, Any]) -> str:
     """What happened to the threshold, in words (a manual one is never replaced silently)."""
     old, new = active.rule.value, chosen["value"]
     if chosen.get("kept_manual"):
-        return (f"your manual threshold {old:.4g} was kept; the re-validated suggestion is "
+        how = "proposed" if chosen.get("override") else "re-validated"
+        return (f"your manual threshold {old:.4g} was kept; the {how} suggestion is "
                 f"{chosen['suggested']:.4g}")
+    if chosen.get("override"):
+        return f"threshold {old:.4g} -> {new:.4g} ({chosen['method']}, proposed by the caller)"
     if "kept" in chosen["params"]:
         return f"threshold {old:.4g} kept ({chosen['params']['kept']})"
     return (f"threshold {old:.4g} -> {new:.4g} ({chosen['method']}, re-validated on "
             f"{chosen['params'].get('revalidated_on', 0)} image(s))")
 
 
+def _override(value: Any) -> dict[str, Any] | None:
+    """A caller's threshold for the new version, checked: ``{"value", "method", "params"}``."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not {"value", "method"} <= set(value):
+        raise ValueError("threshold_override needs a value and a method")
+    number = thresholds.manual(float(value["value"])).value  # refuses NaN / inf in words
+    method = str(value["method"]).strip()
+    if not method or method == "manual":
+        raise ValueError("threshold_override needs the method that proposed it (a person's "
+                         "threshold goes through set_threshold)")
+    return {"value": number, "method": method, "params": dict(value.get("params") or {})}
+
+
 def update_bank(ctx: Kensa, name: str, image_paths: Sequence[str | Path], note: str | None = None,
-                progress: ProgressFn | None = None, force_suspect: bool = False
-                ) -> dict[str, Any]:
+                progress: ProgressFn | None = None, force_suspect: bool = False,
+                kind: str = StateKind.INCREMENTAL.value,
+                threshold_override: dict[str, Any] | None = None) -> dict[str, Any]:
     """Add a few new good images to the active bank: bank version n+1 plus its threshold.
 
     A bank update tells the model "this is good"; a defect slipped in makes that defect score
@@ -259,10 +282,23 @@ def update_bank(ctx: Kensa, name: str, image_paths: Sequence[str | Path], note: 
     The threshold is re-chosen on the stored validation images that still exist unchanged
     (same rule as training); when none do, the previous threshold is kept, as a new row of the
     new version. A threshold a person set by hand (method ``manual``) is kept, and the result's
-    ``threshold_note`` says so with the re-validated suggestion. Returns the new bank version
+    ``threshold_note`` says so with the re-validated suggestion. ``kind`` is ``online`` when
+    the images were chosen by the model itself (services.history.adaptation), so the history
+    tells a person's choice from an automatic one.
+
+    ``threshold_override`` (``{"value", "method", "params"}``) replaces the re-validated
+    threshold with one the caller proposed (online adaptation's running mean + 3 sigma,
+    :mod:`engine.adapt`); the validation images are still re-scored, so the row keeps their
+    good scores for calibration and ``params["revalidated_suggestion"]`` records what the
+    usual rule would have chosen. It must lie in the sane range of those scores. A manual
+    threshold still wins over an override (kept, the override recorded as the suggestion).
+    Returns the new bank version
     (as in :func:`history`) with its ``threshold``, ``threshold_note``, ``forced`` (suspects
     added on confirmation) and ``problems`` (files that could not be read, by name).
     """
+    if kind not in (StateKind.INCREMENTAL.value, StateKind.ONLINE.value):
+        raise ValueError(f"a bank update is incremental or online, not {kind!r}")
+    override = _override(threshold_override)
     report = progress or (lambda stage, fraction: None)
     files = [f for p in image_paths for f in image_files(Path(p))]
     if not files:
@@ -292,6 +328,20 @@ def update_bank(ctx: Kensa, name: str, image_paths: Sequence[str | Path], note: 
     grown = _grow(model, images, sources, first_id)
     validation = _revalidate(grown.model, _validation_set(ctx, name, active), set(shas), report)
     chosen = _new_threshold(validation, active)
+    if override is not None:
+        if validation is not None and validation.normal_scores.size:
+            try:  # the sane range of the grown bank's own validation scores
+                thresholds.check_sane(override["value"], validation.normal_scores,
+                                      validation.scores)
+            except ValueError as exc:
+                raise ValueError(f"bank not updated: the proposed {override['method']} "
+                                 f"threshold is not usable ({exc})") from None
+        chosen = {**chosen, "override": True, "method": override["method"],
+                  "value": override["value"],
+                  "params": {**override["params"], "revalidated_suggestion": chosen["value"],
+                             "revalidated_method": chosen["method"],
+                             **({"kept": chosen["params"]["kept"]}
+                                if "kept" in chosen["params"] else {})}}
     if active.rule.method == "manual":  # a person's choice is never replaced silently
         chosen = {**chosen, "kept_manual": True, "suggested": chosen["value"],
                   "method": "manual", "value": active.rule.value,
@@ -309,7 +359,7 @@ def update_bank(ctx: Kensa, name: str, image_paths: Sequence[str | Path], note: 
     files_written = grown.model.save(state_dir)
     with ctx.session() as s:  # all rows or none: a version never lacks threshold or records
         bank = repo.add_state_version(
-            s, active.model_version_id, kind=StateKind.INCREMENTAL.value,
+            s, active.model_version_id, kind=kind,
             state_format=active.state_format, directory=ctx.stored(state_dir),
             files=files_written, **state_columns(grown.model), source_images=shas, note=text,
         )
@@ -333,7 +383,9 @@ def update_bank(ctx: Kensa, name: str, image_paths: Sequence[str | Path], note: 
 
 
 def bank_update_payload(ctx: Kensa, name: str, image_paths: Sequence[str | Path],
-                        note: str | None = None, force_suspect: bool = False
+                        note: str | None = None, force_suspect: bool = False,
+                        kind: str = StateKind.INCREMENTAL.value,
+                        threshold_override: dict[str, Any] | None = None
                         ) -> tuple[dict[str, Any], int]:
     """The ``update_bank`` job's payload and project id; refuses a project without a model now.
 
@@ -344,19 +396,25 @@ def bank_update_payload(ctx: Kensa, name: str, image_paths: Sequence[str | Path]
     paths = [str(Path(p).expanduser().resolve()) for p in image_paths]
     if not paths:
         raise ValueError("no image files given to add to the bank")
-    return ({"name": name, "paths": paths, "note": note, "force_suspect": bool(force_suspect)},
-            active.project_id)
+    payload: dict[str, Any] = {"name": name, "paths": paths, "note": note,
+                               "force_suspect": bool(force_suspect), "kind": kind}
+    if threshold_override is not None:  # checked now, so a page hears of a bad one at once
+        payload["threshold_override"] = _override(threshold_override)
+    return payload, active.project_id
 
 
 def start_bank_update_job(ctx: Kensa, name: str, image_paths: Sequence[str | Path],
-                          note: str | None = None, force_suspect: bool = False) -> int:
+                          note: str | None = None, force_suspect: bool = False,
+                          kind: str = StateKind.INCREMENTAL.value,
+                          threshold_override: dict[str, Any] | None = None) -> int:
     """:func:`update_bank` as a queued job, so a page does not block on it; returns the job id.
 
     The new version shows up in :func:`history` when the job commits.
     """
     from services.jobs.api import submit
 
-    payload, project_id = bank_update_payload(ctx, name, image_paths, note, force_suspect)
+    payload, project_id = bank_update_payload(ctx, name, image_paths, note, force_suspect, kind,
+                                              threshold_override)
     return submit(ctx, "update_bank", payload, project_id=project_id)
 
 

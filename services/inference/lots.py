@@ -53,7 +53,7 @@ from services.data.imports import (
 from services.data.names import NameRefused, clean_name, lookup_name
 from services.data.projects import require_project
 from services.inference.batches import VALIDATION_PREFIX, get_active_model
-from services.wording import model_name, model_numbers
+from services.wording import model_and_bank, model_name, model_numbers
 
 #: Where unpacked zip lots live, under ``KENSA_HOME``.
 LOTS_DIR = "lots"
@@ -265,6 +265,7 @@ def lot_model(ctx: Kensa, project: str) -> dict[str, Any] | None:
     with ctx.session(readonly=True) as s:
         number = model_numbers(s, active.project_id).get(active.model_version_id)
     return {"model": model_name(number), "bank_version": active.bank_version,
+            "label": model_and_bank(number, active.bank_version),
             "threshold": active.rule.value}
 
 
@@ -309,7 +310,7 @@ def _versions(session: Session, project_id: int, batch_ids: Iterable[int]
     for batch_id, mv_id, version, threshold, n in session.execute(stmt):
         out.setdefault(batch_id, []).append({
             "model": model_name(numbers.get(mv_id)), "model_version_id": mv_id,
-            "bank_version": version,
+            "bank_version": version, "label": model_and_bank(numbers.get(mv_id), version),
             "threshold": None if threshold is None else float(threshold), "images": int(n)})
     return out
 
@@ -353,7 +354,7 @@ def list_lots(ctx: Kensa, project: str) -> list[dict[str, Any]]:
                 "scored": int(scored), "good": int(good), "defects": int(defect),
                 "unsure": int(unsure), "reviewed": int(reviewed), "overruled": int(overruled),
                 "versions": used,
-                "model": ", ".join(f"{v['model']} · bank v{v['bank_version']}" for v in used),
+                "model": ", ".join(v["label"] for v in used),
                 "threshold": ", ".join(f"{v['threshold']:.4f}" for v in used
                                        if v["threshold"] is not None),
             })

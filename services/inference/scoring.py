@@ -32,7 +32,9 @@ class ThresholdInfo:
                 return float(out[0]) if np.ndim(raw) == 0 else out
             except ValueError:
                 pass
-        out = np.clip(0.5 * np.asarray(raw, dtype=np.float64) / max(self.value, 1e-12), 0, 1)
+        arr = np.asarray(raw)
+        arr = arr if arr.dtype == np.float32 else arr.astype(np.float64)  # no float64 map copy
+        out = np.clip(0.5 * arr / max(self.value, 1e-12), 0, 1)
         return float(out) if np.ndim(raw) == 0 else out
 
     def confidence(self, raw: float) -> float:
@@ -99,7 +101,7 @@ def iter_predictions(
 
 def heatmap_png(score_map: np.ndarray, rule: ThresholdInfo) -> bytes:
     """8-bit PNG of the normalised map (128 = threshold), small enough to keep for every image."""
-    normalized = np.asarray(rule.normalized(score_map.astype(np.float64)))
+    normalized = np.asarray(rule.normalized(score_map.astype(np.float32, copy=False)))
     ok, encoded = cv2.imencode(".png", np.round(normalized * 255).astype(np.uint8))
     if not ok:
         raise RuntimeError("could not encode the heatmap as PNG")

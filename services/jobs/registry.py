@@ -180,11 +180,19 @@ register(JobKind("score_batch", "batch scoring", _score, _score_store))
 
 
 def _update_bank(ctx: Kensa, job: JobInfo, report: Report) -> dict[str, Any]:
+    """A person's update (``paths``), or an online adaptation of lot ``online_lot``: several
+    versions in a row, so they must run in ONE job (each one's parent is the one before)."""
     from services.history.versions import update_bank
 
     p = job.payload
+    if p.get("online_lot"):  # online adaptation: one job, a new version per chunk of the lot
+        from services.history.adaptation import adapt_from_lot
+
+        return adapt_from_lot(ctx, p["name"], p["online_lot"], progress=report)
     return update_bank(ctx, p["name"], p["paths"], note=p.get("note"), progress=report,
-                       force_suspect=bool(p.get("force_suspect")))
+                       force_suspect=bool(p.get("force_suspect")),
+                       kind=p.get("kind") or "incremental",
+                       threshold_override=p.get("threshold_override"))
 
 
 register(JobKind("update_bank", "bank update", _update_bank))

@@ -123,3 +123,14 @@ def test_confidence() -> None:
     assert isinstance(many, np.ndarray)
     assert np.all((many >= 0.5) & (many <= 1.0)) and np.all(np.diff(many) > 0)
     assert isinstance(confidence(5.0, 5.0, normal), float)
+
+
+def test_normalize_keeps_a_float32_map_in_float32() -> None:
+    """A full-size map of a large image is not copied to float64 (peak memory while scoring)."""
+    from engine.thresholds import normalize
+
+    score_map = np.linspace(0, 4, 64, dtype=np.float32).reshape(8, 8)
+    out = normalize(score_map, 2.0, [0.5, 1.0, 1.5])
+    assert out.dtype == np.float32
+    assert out[0, 0] == 0.0 and out.max() == 1.0
+    assert np.isclose(normalize(np.array([2.0]), 2.0, [0.5, 1.0, 1.5])[0], 0.5)

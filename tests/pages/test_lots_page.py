@@ -49,7 +49,7 @@ def test_score_a_folder_resume_filter_and_review(trained: Kensa, tmp_path: Path)
     at = open_app(LOTS, "widgets")
     assert not at.exception
     assert "No lot scored yet" in texts(at)
-    assert "Model 2 (bank v1" in texts(at)  # the model in use, in the project's own numbers
+    assert "from Model 2 (threshold" in texts(at)  # the model in use, in the project's own numbers
 
     _score_folder(at, "Lot A", folder)
     assert not at.exception, at.exception

@@ -55,7 +55,8 @@ def test_a_defect_labelled_image_is_refused(
     with pytest.raises(BankUpdateRefused) as refused:
         update_bank(ctx, project, [folder], force_suspect=True)  # no override for labels
     message = str(refused.value)
-    assert f"{crack} is labelled defect in project 'widgets'" in message
+    assert f"{Path(crack).name} is labelled defect in this project" in message
+    assert str(dataset) not in message  # files are named, server paths are not shown
     assert "spot_000.png" in message and "new_00.png" not in message
     assert _versions(ctx, project) == [1]  # nothing written
 
@@ -71,9 +72,8 @@ def test_a_suspect_image_is_refused_with_its_score_unless_a_person_confirms(
     assert score >= threshold  # an unlabelled defect: only its score gives it away
     with pytest.raises(BankUpdateRefused) as refused:
         update_bank(ctx, project, [folder])
-    assert (f"{suspect} scores {score:.4g}, above the threshold {threshold:.4g}: it looks like "
-            "a defect; add it only if a person confirms it is good (--force-suspect)"
-            ) in str(refused.value)
+    assert (f"{suspect.name} scores {score:.4g}, above the threshold {threshold:.4g}: it looks "
+            "like a defect; add it only if a person confirms it is good") in str(refused.value)
     assert _versions(ctx, project) == [1]
 
     bank = update_bank(ctx, project, [folder], force_suspect=True)
@@ -120,7 +120,7 @@ def test_degenerate_bank_images_are_refused_by_name(
         update_bank(ctx, project, [folder], force_suspect=True)
     message = str(refused.value)
     assert "2 image(s) refused" in message
-    assert f"{tiny}: " in message and f"{flat}: " in message
+    assert f"{Path(tiny).name} is only 1x1" in message and f"{Path(flat).name} is a single" in message
     assert "new_00.png" not in message
     assert _versions(ctx, project) == [1]
     # through the job as well (what pages and the CLI use): the job fails with that message

@@ -104,7 +104,7 @@ def test_folder_lot_is_a_job_and_resumes_by_sha256(
     assert (lot["scored"], lot["defects"], lot["reviewed"], lot["overruled"]) == (
         8, len(defects), 0, 0)
     assert lot["good"] + lot["defects"] + lot["unsure"] == 8
-    assert lot["model"] == "Model 1 · bank v1" and float(lot["threshold"]) == pytest.approx(
+    assert lot["model"] == "Model 1" and float(lot["threshold"]) == pytest.approx(
         rows[0]["threshold"], abs=1e-4)
 
     only = lot_results(ctx, project, "Lot 7", verdict="defect")
