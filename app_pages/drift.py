@@ -472,15 +472,23 @@ def _adapt_online(lot: str) -> None:
         st.info(f"Not available for this lot: {plain(exc)}")
         return
     chunks = plan["chunks"]
-    st.caption(
-        f"This lot now: {len(chunks)} chunk(s) to learn "
-        f"({sum(len(c.keys) for c in chunks)} images below {plan['band_low']:.4g}), "
-        f"{plan['in_band']} in the review band, {plan['reviewed_defect']} reviewed as defect, "
-        f"{plan['already_learned']} already learned, {plan['waiting']} waiting for a full chunk"
-        + (f", {plan['scored_with_other']} scored with another version" if
-           plan["scored_with_other"] else "") + "."
-        + (f" Proposed threshold after the last chunk: {chunks[-1].threshold:.4g} (now "
-           f"{plan['threshold']:.4g})." if chunks else ""))
+    skipped = (f"{plan['in_band']} in the review band, {plan['reviewed_defect']} reviewed as "
+               f"defect, {plan['already_learned']} already learned, {plan['waiting']} waiting "
+               "for a full chunk"
+               + (f", {plan['scored_with_other']} scored with another version"
+                  if plan["scored_with_other"] else ""))
+    if chunks:
+        st.caption(
+            f"This lot now: {len(chunks)} chunk(s) to learn "
+            f"({sum(len(c.keys) for c in chunks)} images with a raw score below "
+            f"{plan['band_low']:.4g}; the threshold is {plan['threshold']:.4g}). Not learned: "
+            f"{skipped}. Threshold after the last chunk: {chunks[-1].threshold:.4g}.")
+    else:
+        st.caption(
+            f"This lot now: 0 chunk(s) to learn, nothing to adapt to: fewer than "
+            f"{ONLINE_CHUNK} images scored clearly normal (a raw score below "
+            f"{plan['band_low']:.4g}; the threshold is {plan['threshold']:.4g}). Not learned: "
+            f"{skipped}.")
     if st.button("Adapt from this lot", icon=":material/autorenew:", key="adapt-online",
                  disabled=not chunks):
         try:

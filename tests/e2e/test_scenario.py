@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from playwright.sync_api import expect
 
 from tests.e2e.test_browser import (  # noqa: F401 - fixtures used by name
     REPO,
@@ -122,11 +123,11 @@ def test_drift_alarm_update_compare_roll_back(browser_page, server: str,  # noqa
     page.get_by_role("tab", name="Upload images").click()
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
         sorted(str(p) for p in confirmed.iterdir()))
-    for path in confirmed.iterdir():
-        page.get_by_text(path.name).first.wait_for()
+    add = page.get_by_role("button", name="Add to the model").last
+    expect(add).to_be_enabled(timeout=JOB_TIMEOUT_MS)  # the uploads reached the server
     page.get_by_label("I checked them: they are good").last.check()
     _settled(page)
-    page.get_by_role("button", name="Add to the model").last.click()
+    add.click()
     heading = page.get_by_role("heading", name=re.compile("Before and after"))
     heading.wait_for(timeout=JOB_TIMEOUT_MS)
     page.get_by_text("The model was updated").wait_for()
