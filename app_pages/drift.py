@@ -523,7 +523,7 @@ def _comparison(rows: list[dict[str, Any]]) -> None:
     lot_key = str(lots[0]["last_scored"]) if lots else ""
     st.subheader(f"Before and after: {plain(by_version[before]['label'])} → "
                  f"{plain(by_version[after]['label'])}", anchor=False)
-    with st.spinner("Scoring the validation images" + (f" and lot {lot}" if lot else "")
+    with st.spinner("Scoring the validation images" + (f" and the last lot ({lot})" if lot else "")
                     + " with both versions…"):
         try:
             result = _compare(name, before, after, lot, lot_key)
@@ -575,7 +575,12 @@ def _version_facts(result: dict[str, Any]) -> None:
         "learned in this version": len(f["learned"]), "threshold": f["threshold"],
         "threshold method": method_words(f["threshold_method"]),
     } for f in pair]), hide_index=True, width="stretch",
-        column_config={"threshold": st.column_config.NumberColumn(format="%.4f")})
+        column_config={
+            "threshold": st.column_config.NumberColumn(format="%.4f"),
+            "patch vectors": st.column_config.NumberColumn(
+                help="What the model compares new parts with. A bank at its size limit keeps "
+                     "its most useful patches, so an update can change them without "
+                     "changing the count.")})
     added, removed = result.get("added") or [], result.get("removed") or []
     change = []
     if added:

@@ -253,6 +253,17 @@ def _lineage(states: dict[int, StateVersion], version: int) -> list[StateVersion
     return out
 
 
+def _display_name(path: str) -> str:
+    """A learned file's name as the person knew it: an upload kept by :func:`save_uploads`
+    loses the content-hash prefix that only keeps two "good.png" apart on disk."""
+    name = Path(path).name
+    stem = name.split("-", 1)
+    if (f"/{ADAPT_DIR}/" in Path(path).as_posix() and len(stem) == 2 and len(stem[0]) == 16
+            and all(c in "0123456789abcdef" for c in stem[0])):
+        return stem[1]
+    return name
+
+
 def _version_facts(session: Any, project_id: int, model_version_id: int,
                    states: dict[int, StateVersion], pair: tuple[int, int],
                    thresholds: dict[int, Any]) -> dict[str, Any]:
@@ -264,7 +275,7 @@ def _version_facts(session: Any, project_id: int, model_version_id: int,
     names come from the provenance records (the path a file had when it was learned), else
     from the project's images table.
     """
-    names = {str(sha): Path(str(path)).name for path, sha in session.execute(
+    names = {str(sha): _display_name(str(path)) for path, sha in session.execute(
         select(Provenance.path, Provenance.sha256)
         .where(Provenance.model_version_id == model_version_id)).all()}
     for image in repo.list_images(session, project_id):

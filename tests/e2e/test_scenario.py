@@ -125,23 +125,38 @@ def test_drift_alarm_update_compare_roll_back(browser_page, server: str,  # noqa
         sorted(str(p) for p in confirmed.iterdir()))
     add = page.get_by_role("button", name="Add to the model").last
     expect(add).to_be_enabled(timeout=JOB_TIMEOUT_MS)  # the uploads reached the server
-    page.get_by_label("I checked them: they are good").last.check()
+    page.get_by_role("checkbox", name="I checked them: they are good").last.check(force=True)
     _settled(page)
     add.click()
     heading = page.get_by_role("heading", name=re.compile("Before and after"))
     heading.wait_for(timeout=JOB_TIMEOUT_MS)
     page.get_by_text("The model was updated").wait_for()
-    page.locator('[data-testid="stPlotlyChart"]').nth(2).wait_for(timeout=JOB_TIMEOUT_MS)
+    page.get_by_text(re.compile(r"5 image\(s\) learned since")).wait_for(timeout=JOB_TIMEOUT_MS)
+    page.locator('[data-testid="stPlotlyChart"]').nth(2).wait_for()
     _no_error(page)
     body = page.inner_text('[data-testid="stMainBlockContainer"]')
-    assert "5 image(s) learned since" in body and str(tmp_path) not in body
+    assert "Before and after: Model 1 → Model 1 · update 1" in body
+    assert "shifted_exp1_num_106729.png" in body  # the uploads by the names they were given
+    assert not re.search(r"[0-9a-f]{16}-shifted", body)  # not by their names on disk
+    assert str(tmp_path) not in body
     heading.scroll_into_view_if_needed()
     _shot(page, "version-compare")
 
     # 4. roll back to the trained version
     page.get_by_role("button", name=re.compile("Roll back to")).click()
     page.get_by_role("dialog").get_by_role("button", name="Roll back").click()
-    page.get_by_text(re.compile("is in use again")).first.wait_for()
+    page.get_by_role("dialog").wait_for(state="detached")
     _no_error(page)
-    versions = page.locator('[data-testid="stDataFrame"]').last.inner_text()
-    assert "rolled back" in versions
+    newest = _versions(tmp_path / "home")[-1]  # the table is a canvas: ask the service
+    assert (newest["kind"], newest["parent"], newest["active"]) == ("rollback", 1, True)
+
+
+def _versions(home: Path) -> list[dict]:
+    from services.context import Kensa
+    from services.history.adaptation import versions
+
+    ctx = Kensa.create(home)
+    try:
+        return versions(ctx, "demo")
+    finally:
+        ctx.close()

@@ -67,6 +67,24 @@ def test_neighbours_come_from_the_training_files_through_provenance(
     assert e.image_name == "drawn.png" and "Defect" in e.summary
 
 
+def test_a_good_part_gets_no_region_and_a_confident_good(
+        ctx: Kensa, trained: dict[str, Any], new_goods: Any) -> None:
+    """A fresh good part (not one of the held-out images the threshold was chosen on): the
+    verdict is good with a margin, nothing is boxed, and the words say it looks like the good
+    parts rather than "may be a false alarm"."""
+    path = sorted(new_goods(1, seed=11).glob("*.png"))[0]
+    e = explain_image(ctx, "widgets", path=path)
+    assert e.verdict == "good" and e.regions == []
+    assert e.score < 0.75 * e.threshold and e.normalized < 0.5
+    assert e.held_out_good >= 3 and e.p_value > 1 / (e.held_out_good + 1)  # not the floor
+    assert "typical of good parts" in e.confidence_words[0]
+    assert e.summary.startswith("Good:") and "No part of the image reaches" in e.summary
+    doc = e.as_json()
+    assert doc["verdict"] == "good" and doc["regions"] == []
+    page = report_html(e)
+    assert page.startswith("<!DOCTYPE html>") and "No region reaches the threshold" in page
+
+
 def test_json_keys_and_same_result_by_sha_and_upload(
         ctx: Kensa, trained: dict[str, Any], dataset: Path) -> None:
     path = _defect_image(dataset)
