@@ -350,7 +350,11 @@ except LookupError:
                  query_params=with_project(name))
     st.stop()
 
-key, upload = _choose(explainable_images(ctx, name))
+images = explainable_images(ctx, name)
+key, upload = _choose(images)
+# the dataset's own label beside the verdict: a first-time user sees at once whether the
+# model agrees (a good image called defect is a false alarm, a defect called good a miss)
+truth = next((i["truth"] for i in images if i["key"] == key), "") if key else ""
 if key is None and upload is None:
     st.stop()
 try:
@@ -371,7 +375,11 @@ word, colour, icon = VERDICT.get(e.verdict, (e.verdict.title(), "gray", ":materi
 with st.container(border=True):
     st.markdown(f"### :{colour}-background[:{colour}[{icon} {word}]] — score {num(e.score)}, "
                 f"threshold {num(e.threshold)}")
-    st.caption(plain(f"{e.image_name} · scored by {e.model_label}"))
+    agree = {("good", "defect"): " — the model calls it defect: a false alarm",
+             ("defect", "good"): " — the model calls it good: a missed defect"}
+    labelled = (f" · labelled {truth} in the dataset{agree.get((truth, e.verdict), '')}"
+                if truth else "")
+    st.caption(plain(f"{e.image_name} · scored by {e.model_label}{labelled}"))
     st.markdown(plain(e.summary))
     st.markdown("**How sure the model is**\n\n"
                 + "\n".join(f"- {plain(w)}" for w in e.confidence_words))

@@ -222,8 +222,9 @@ def explainable_images(ctx: Kensa, project: str) -> list[dict[str, str]]:
     """Images a person can pick: the project's dataset images, then images of scored lots.
 
     ``key`` is the sha256 (what :func:`explain_image` takes), ``label`` the path inside the
-    dataset (``test/crack/003.png``) or the lot, ``source`` "dataset" or the lot's name. An image
-    in both is listed once, as a dataset image.
+    dataset (``test/crack/003.png``) or the lot, ``source`` "dataset" or the lot's name,
+    ``truth`` the dataset's label ("good", "defect"; "" for lot images). An image in both is
+    listed once, as a dataset image.
     """
     with ctx.session(readonly=True) as s:
         proj = require_project(s, project)
@@ -231,14 +232,14 @@ def explainable_images(ctx: Kensa, project: str) -> list[dict[str, str]]:
         out, seen = [], set()
         for img in repo.list_images(s, proj.id):
             out.append({"key": img.sha256, "label": _relative(img.path, root),
-                        "source": "dataset"})
+                        "source": "dataset", "truth": img.label or ""})
             seen.add(img.sha256)
         for sha, path, lot, source in _lot_rows(s, proj.id):
             if sha in seen:
                 continue
             seen.add(sha)
             label = _relative(path, Path(source)) if source else Path(path).name
-            out.append({"key": sha, "label": label, "source": lot})
+            out.append({"key": sha, "label": label, "source": lot, "truth": ""})
         return out
 
 
