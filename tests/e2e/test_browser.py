@@ -11,8 +11,10 @@ are not in the code. Chromium missing is a FAILURE, not a skip: CI installs it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from services.jobs.local import local_worker_running, lock_path
 
 pytestmark = pytest.mark.browser
 
@@ -73,15 +77,22 @@ def _start(home: Path, log: Path) -> tuple[str, subprocess.Popen[bytes]]:
              "--server.port", str(port), "--server.address", "127.0.0.1"],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
+    proc.kensa_home = home  # type: ignore[attr-defined] - _stop ends its local worker too
     return f"http://127.0.0.1:{port}", proc
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the server and the local job worker it started (it would idle for 10 minutes,
+    holding a model's memory, while the next tests run)."""
     proc.terminate()
     try:
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
+    home = getattr(proc, "kensa_home", None)
+    if home is not None and local_worker_running(home):  # the lock file names its holder
+        with contextlib.suppress(ValueError, IndexError, ProcessLookupError, PermissionError):
+            os.kill(int(lock_path(home).read_text().split()[0]), signal.SIGTERM)
 
 
 @pytest.fixture
