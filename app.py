@@ -15,6 +15,7 @@ from services.context import Kensa
 from services.data.demo import ensure_demo
 from services.data.projects import list_projects
 from ui.common import (
+    AUGMENTATION_PAGE,
     DATASETS_PAGE,
     DRIFT_PAGE,
     EVALUATION_PAGE,
@@ -90,6 +91,8 @@ navigation = st.navigation(
         "Workbench": [
             st.Page(DATASETS_PAGE, title="Datasets", icon=":material/photo_library:",
                     url_path="datasets"),
+            st.Page(AUGMENTATION_PAGE, title="Augmentation", icon=":material/auto_awesome_mosaic:",
+                    url_path="augmentation"),
             st.Page(TRAINING_PAGE, title="Training", icon=":material/model_training:",
                     url_path="training"),
             st.Page(EVALUATION_PAGE, title="Evaluation", icon=":material/analytics:",
@@ -100,7 +103,6 @@ navigation = st.navigation(
                     url_path="lots"),
             st.Page(DRIFT_PAGE, title="Drift monitor", icon=":material/monitoring:",
                     url_path="drift"),
-            # Still to come, in the order a user works: "augmentation" after Datasets.
         ],
     }
 )

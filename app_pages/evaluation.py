@@ -24,12 +24,36 @@ from services.evaluation.report import (
     trainings_running,
     worst_errors,
 )
+from services.evaluation.stress import (
+    GROUP_TITLES,
+    change_words,
+    detectability_lines,
+    detectability_sentences,
+    latest_stress,
+    request_stress,
+    robustness_lines,
+    robustness_sentences,
+    stress_job,
+)
+from services.jobs.api import cancel as cancel_job
 from services.wording import GLOSSARY, method_words
-from ui.common import TRAINING_PAGE, context, fmt, need_project, plain, with_project
+from ui.common import (
+    AUGMENTATION_PAGE,
+    TRAINING_PAGE,
+    context,
+    fmt,
+    need_project,
+    plain,
+    with_project,
+)
 
 GOOD_COLOUR = "#2E8B57"
 DEFECT_COLOUR = "#C0392B"
 LINE_COLOUR = "#1F2A30"
+#: Eleven colours that stay apart (Paul Tol's and Okabe-Ito's schemes), none near the
+#: threshold's red; the dash of a line tells its group on top.
+ROBUSTNESS_COLOURS = ("#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77",
+                      "#AA4499", "#000000", "#E69F00", "#0072B2", "#777777")
 
 ctx = context()
 name = need_project()
@@ -65,10 +89,19 @@ if len(ev.scores) == 0:
 
 st.markdown(
     f"Measured on **{len(ev.images)} images the model did not learn from**: "
-    f"{ev.n_good} good and {ev.n_defect} defect."
+    f"{ev.n_good} good and {ev.n_defect} defect"
+    + (f" (all {ev.n_synthetic} synthetic)" if ev.n_synthetic == ev.n_defect > 0
+       else f" ({ev.n_synthetic} synthetic)" if ev.n_synthetic else "") + "."
     + (f" {ev.unmatched} scored image(s) are no longer in the project and are left out."
        if ev.unmatched else "")
 )
+if ev.n_synthetic:
+    st.info("This project has no defect images to check the model with, so training painted "
+            f"{ev.n_synthetic} synthetic defects (stains, pasted patches, scratches) into good "
+            "images it had kept aside and set the threshold between those and the good "
+            "images. The numbers below measure those made-up defects, not real ones: add a "
+            "few real defect images and train again for a real evaluation. The made-up "
+            "defects appear among the worst cases below.", icon=":material/auto_fix_high:")
 if not ev.has_both:
     missing = "defect" if ev.n_defect == 0 else "good"
     st.info(f"There are no {missing} images among them, so curves and error rates for "
@@ -84,7 +117,8 @@ st.dataframe(pd.DataFrame(ev.metrics), hide_index=True, width="stretch",
              column_config={"metric": st.column_config.TextColumn(width="large"),
                             "value": st.column_config.TextColumn(width="small")})
 for note in ev.notes:
-    st.caption(note)
+    if not ev.n_synthetic or "synthetic" not in note:  # said above, in the info box
+        st.caption(note)
 with st.expander("What the words on this page mean"):
     for term, meaning in GLOSSARY.items():
         st.markdown(f"**{term}** — {meaning}")
@@ -289,3 +323,113 @@ if history:
     )
 else:
     st.caption("No threshold recorded for this model.")
+
+# --------------------------------------------------------------------------- stress test
+ACTIVE_JOB = ("queued", "running")
+st.subheader("Stress test: smallest defect it catches, and what lighting/blur/noise does to "
+             "good parts", anchor=False)
+st.markdown("The test paints made-up defects of growing size and contrast onto good parts this "
+            "model did not learn from, and changes their light, sharpness and noise step by "
+            "step. It shows how small a defect the model still catches, and which everyday "
+            "changes make it call good parts defective. It scores a few hundred pictures, so "
+            "it runs in the background (a minute or more); you can leave the page meanwhile.")
+stress_now = stress_job(ctx, name, mv_id)
+stress_running = stress_now is not None and stress_now["status"] in ACTIVE_JOB
+if st.button("Run the stress test", icon=":material/science:", disabled=stress_running,
+             key=f"ev_stress_{mv_id}",
+             help="Measures this model on its held-out good images; nothing is changed."):
+    try:
+        request_stress(ctx, name, mv_id)
+    except (ValueError, LookupError, RuntimeError) as exc:
+        st.error(f"The stress test cannot run: {plain(exc)}")
+    else:
+        st.rerun()
+
+
+def _stress_panel() -> None:
+    """Progress of this model's stress test, redrawn every second while it runs."""
+    job = stress_job(ctx, name, mv_id)
+    if job is None:
+        return
+    if job["status"] in ACTIVE_JOB:
+        stage = job["stage"] or "waiting for a worker"
+        st.progress(min(max(float(job["progress"]), 0.0), 1.0),
+                    text=f"Stress test: {plain(stage)} · {job['progress']:.0%}")
+        if job["cancel_requested"]:
+            st.caption("Cancel requested: the test stops after the current step.")
+        elif st.button("Cancel the stress test", key=f"ev_stress_cancel_{job['id']}",
+                       icon=":material/stop:"):
+            cancel_job(ctx, job["id"])
+            st.rerun(scope="fragment")
+    elif stress_running:  # it ended since the page was drawn: draw the results
+        st.rerun()
+    elif job["status"] == "failed":
+        st.error(f"The last stress test failed: {plain(job['error'] or 'no reason given')}")
+    elif job["status"] == "cancelled":
+        st.caption("The last stress test was cancelled.")
+
+
+st.fragment(_stress_panel, run_every=1.0 if stress_running else None)()
+
+stress = latest_stress(ctx, name, mv_id)
+if stress is None:
+    if not stress_running:
+        st.caption("No stress test of this model yet.")
+else:
+    det, rob = stress["detectability"], stress["robustness"]
+    side = f" ({stress['image_side']} px)" if stress["image_side"] else ""
+    st.caption(f"Measured on {stress['n_images']} held-out good image(s) at the size the "
+               f"model sees them{side}, threshold {stress['threshold']:.4f}.")
+    st.markdown("**Smallest defect it catches**")
+    st.markdown("\n".join(f"- {plain(line)}" for line in detectability_sentences(det)))
+    lines = detectability_lines(det)  # none when every good part is already a false alarm
+    fig = go.Figure()
+    for line in lines:
+        fig.add_trace(go.Scatter(x=line["area"], y=line["rate"], mode="lines+markers",
+                                 name=line["name"], text=line["text"],
+                                 hovertemplate="%{x:.3g} % of the image: %{text} caught"
+                                               "<extra>%{fullData.name}</extra>"))
+    fig.add_hline(y=det["rate"], line_color=LINE_COLOUR, line_dash="dot",
+                  annotation_text=f"caught in {det['rate']:.0%} of images")
+    areas = sorted({a for line in lines for a in line["area"]})  # ticks at the tested sizes
+    fig.update_layout(title="Share of painted defects caught, by size and contrast",
+                      xaxis_title="defect area (% of the image, log scale)",
+                      xaxis_tickvals=areas, xaxis_ticktext=[f"{a:g} %" for a in areas],
+                      yaxis_title="share of the images caught", xaxis_type="log",
+                      yaxis_tickformat=".0%",
+                      yaxis_range=[-0.03, 1.05], height=360, legend_title_text="",
+                      margin={"t": 50, "b": 40, "l": 40, "r": 10})
+    if lines:
+        st.plotly_chart(fig, width="stretch", key=f"ev_stress_det_{mv_id}")
+
+    st.markdown("**What lighting, blur and noise do to good parts**")
+    st.markdown("\n".join(f"- {plain(line)}" for line in robustness_sentences(rob)))
+    fig = go.Figure()
+    strengths = sorted({x for line in robustness_lines(rob) for x in line["strength"]})
+    # eleven lines: a colour-blind-safe colour each, a dash per group, the legend by group
+    dashes = dict(zip(GROUP_TITLES, ("solid", "dash", "dot"), strict=False))
+    for line, colour in zip(robustness_lines(rob), ROBUSTNESS_COLOURS * 2, strict=False):
+        fig.add_trace(go.Scatter(x=line["strength"], y=line["max"], mode="lines+markers",
+                                 name=line["name"], customdata=line["mean"],
+                                 line={"color": colour,
+                                       "dash": dashes.get(line["group"], "solid")},
+                                 legendgroup=line["group"],
+                                 legendgrouptitle_text=line["group_title"],
+                                 hovertemplate="strength %{x:.2g}: highest %{y:.4g}, mean "
+                                               "%{customdata:.4g}<extra>%{fullData.name}"
+                                               "</extra>"))
+    fig.add_hline(y=stress["threshold"], line_color=DEFECT_COLOUR, line_width=2,
+                  annotation_text="threshold", annotation_position="top left")
+    fig.update_layout(title="Highest good-part score as each change gets stronger",
+                      xaxis_title="strength of the change (0 = unchanged; 1 = the strongest "
+                                  "tested, see the table below)",
+                      xaxis_tickvals=strengths,
+                      yaxis_title=f"highest score of the {stress['n_images']} good images",
+                      height=480, legend_title_text="", legend_groupclick="toggleitem",
+                      margin={"t": 50, "b": 40, "l": 40, "r": 10})
+    st.plotly_chart(fig, width="stretch", key=f"ev_stress_rob_{mv_id}")
+    if rob["pushes_over"]:
+        st.page_link(AUGMENTATION_PAGE, label="Choose a preset: Augmentation",
+                     icon=":material/auto_awesome_mosaic:", query_params=with_project(name))
+    with st.expander("What each change is at full strength"):
+        st.dataframe(pd.DataFrame(change_words()), hide_index=True, width="stretch")

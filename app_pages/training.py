@@ -19,6 +19,7 @@ from services.training.setup import (
 )
 from services.wording import GLOSSARY
 from ui.common import (
+    AUGMENTATION_PAGE,
     DATASETS_PAGE,
     EVALUATION_PAGE,
     context,
@@ -99,6 +100,10 @@ with right:
     if by_name[backbone].needs_network:
         st.warning("This backbone downloads its weights from the internet the first time. "
                    "On a computer without internet access the training will fail.")
+
+st.caption(setup.augmentation)
+st.page_link(AUGMENTATION_PAGE, label="Choose augmentation on the Augmentation page",
+             icon=":material/auto_awesome:", query_params=with_project(name))
 
 busy = bool(setup.active)
 blocked = setup.shortfall(shots)  # one sentence; the service refuses with the same one

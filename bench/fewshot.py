@@ -2,10 +2,16 @@
 
     python bench/fewshot.py --data DIR --shots 1,4,16 --seeds 0,1,2 [--baseline anomalib]
                             [--json FILE] [--set image_size=384 ...]
+                            [--preset FILE [--copies 2] [--only-preset]]
 
 For every (shots, seed) the seed picks that many ``train/good`` images (the same ones for both
 methods); each method is fitted and tested on the whole test split in a fresh subprocess so that
 ``peak_rss_mb`` is its own. One JSON row per run is printed; ``--json`` writes the list.
+
+``--preset FILE`` (an augmentation preset: the Kensa JSON of ``engine.augment`` or a saved
+preset's ``{"kensa": ...}``) adds the method ``kensa_preset``: the same shots plus ``--copies``
+augmented copies of each, made by ``engine.augment.augmented_copies`` exactly as a project
+training with that preset marked does (copies flagged so the flip/rotation rule counts shots).
 """
 
 from __future__ import annotations
@@ -33,6 +39,25 @@ def choose_shots(paths: list[Path], shots: int, seed: int) -> list[Path]:
     return [ordered[i] for i in sorted(rng.choice(len(ordered), size=shots, replace=False))]
 
 
+def stratified_tests(index, goods: int, per_type: int, seed: int = 123) -> list:
+    """A fixed-seed subset of the test split: up to ``goods`` good images and ``per_type`` of
+    each defect type, so every type keeps its voice and a 582-image split costs 180 scorings.
+
+    The same subset for every method, shot count and preset of a run (its own seed)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    groups = {"good": list(index.select(split="test", label="good"))}
+    for record in index.select(split="test", label="defect"):
+        groups.setdefault(record.defect_type or "defect", []).append(record)
+    out = []
+    for name, records in groups.items():
+        records = sorted(records, key=lambda r: str(r.path))
+        n = min(len(records), goods if name == "good" else per_type)
+        out += [records[i] for i in sorted(rng.choice(len(records), n, replace=False))]
+    return out
+
+
 def parse_overrides(items: list[str]) -> dict[str, object]:
     out: dict[str, object] = {}
     for item in items:
@@ -58,9 +83,10 @@ def run_worker(args: argparse.Namespace) -> dict[str, object]:
     index = discover(data, validate=False)
     train = choose_shots([r.path for r in index.select(split="train", label="good")],
                          args.shots, args.seed)
-    tests = index.select(split="test")
+    tests = (stratified_tests(index, *args.subset) if args.subset
+             else index.select(split="test"))
     overrides = parse_overrides(args.set or [])
-    if args.method == "kensa":
+    if args.method in ("kensa", "kensa_preset"):
         from engine.models.fewshot import FewShotConfig, FewShotPatchCore
 
         if args.exact_coreset:  # the single exact greedy pass (before issue 9), for comparison
@@ -82,7 +108,19 @@ def run_worker(args: argparse.Namespace) -> dict[str, object]:
         long_side = None
         backbone = "efficientnet_lite0"
 
-    fit = model.fit([load_image(p) for p in train])
+    shots = [load_image(p) for p in train]
+    if args.method == "kensa_preset":
+        from engine.augment import augmented_copies, validate_config
+        from engine.models.base import ImageSource
+
+        raw = json.loads(Path(args.preset).read_text())
+        config = validate_config(raw.get("kensa", raw))
+        copies = augmented_copies(shots, config, args.copies)
+        sources = ([ImageSource(str(p), "") for p in train]
+                   + [ImageSource(f"copy{i}", "", augmented=True) for i in range(len(copies))])
+        fit = model.fit(shots + copies, sources=sources)
+    else:
+        fit = model.fit(shots)
     labels, scores, maps, masks = [], [], [], []
     score_s = 0.0
     backbone_s = 0.0
@@ -124,8 +162,11 @@ def run_worker(args: argparse.Namespace) -> dict[str, object]:
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "bank_size": fit.bank_size,
         "n_test": len(tests),
+        **({"subset": args.subset} if args.subset else {}),
         "overrides": overrides,
         "coreset": "exact" if args.exact_coreset else "bounded",
+        **({"preset": Path(args.preset).name, "copies": args.copies}
+           if args.method == "kensa_preset" else {}),
     }
 
 
@@ -139,6 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", help="Kensa config override key=value")
     parser.add_argument("--exact-coreset", action="store_true",
                         help="exact single-pass greedy coreset (before the bounded sampler)")
+    parser.add_argument("--preset", default=None,
+                        help="augmentation preset JSON: also run kensa with augmented copies")
+    parser.add_argument("--copies", type=int, default=2,
+                        help="augmented copies per shot with --preset (default 2)")
+    parser.add_argument("--only-preset", action="store_true",
+                        help="with --preset, run only kensa_preset (plain rows from another run)")
+    parser.add_argument("--subset", type=int, nargs=2, metavar=("GOODS", "PER_TYPE"),
+                        help="score a fixed stratified test subset (e.g. 60 24) instead of all")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", default="kensa", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -147,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         args.shots = int(args.shots)
         print(json.dumps(run_worker(args)))
         return 0
-    methods = ["kensa"] + ([args.baseline] if args.baseline else [])
+    methods = ([] if args.only_preset else ["kensa"]) + ([args.baseline] if args.baseline else [])
+    if args.preset:
+        methods.append("kensa_preset")
     rows: list[dict[str, object]] = []
     for shots in [int(s) for s in args.shots.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
@@ -155,9 +206,14 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = [sys.executable, str(ROOT / "bench" / "fewshot.py"), "--worker",
                        "--data", args.data, "--shots", str(shots), "--seed", str(seed),
                        "--method", method]
-                for item in (args.set or []) if method == "kensa" else []:
+                for item in (args.set or []) if method.startswith("kensa") else []:
                     cmd += ["--set", item]
-                if args.exact_coreset and method == "kensa":
+                if method == "kensa_preset":
+                    cmd += ["--preset", str(Path(args.preset).resolve()),
+                            "--copies", str(args.copies)]
+                if args.subset:
+                    cmd += ["--subset", *map(str, args.subset)]
+                if args.exact_coreset and method.startswith("kensa"):
                     cmd.append("--exact-coreset")
                 done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
                 if done.returncode != 0:

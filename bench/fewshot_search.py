@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.fewshot import choose_shots  # noqa: E402
+from bench.fewshot import choose_shots, stratified_tests  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,15 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.models.fewshot import FewShotConfig, FewShotPatchCore
 
     index = discover(Path(args.data), validate=False)
-    rng = np.random.default_rng(123)
-    tests = []
-    groups = {"good": [r for r in index.select(split="test", label="good")]}
-    for record in index.select(split="test", label="defect"):
-        groups.setdefault(record.defect_type or "defect", []).append(record)
-    for name, records in groups.items():
-        records = sorted(records, key=lambda r: str(r.path))
-        n = min(len(records), args.goods if name == "good" else args.per_type)
-        tests += [records[i] for i in sorted(rng.choice(len(records), n, replace=False))]
+    tests = stratified_tests(index, args.goods, args.per_type)
     images = [load_image(r.path) for r in tests]
     masks = [load_mask(r.mask_path, im.shape[:2]) if r.mask_path else None
              for r, im in zip(tests, images, strict=True)]
@@ -80,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                    "pixel_auroc": round(pixel["pixel_auroc"], 4),
                    "aupro": round(pixel["aupro"], 4), "bank_size": report.bank_size,
                    "n_patches": report.n_patches, "fit_s": round(report.fit_seconds, 1)}
-            for name in groups:
-                if name == "good":
-                    continue
+            for name in dict.fromkeys(r.defect_type or "defect" for r in tests
+                                      if r.label == "defect"):
                 keep = [i for i in usable
                         if tests[i].label == "good" or (tests[i].defect_type or "defect") == name]
                 if any(masks[i] is not None for i in keep):

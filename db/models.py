@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -181,14 +182,33 @@ class DatasetProblem(Base):
 
 
 class AugmentationPreset(Base):
+    """A named augmentation recipe of a project; saving a name again overwrites it (0007).
+
+    ``config`` holds ``engine.augment.serialize`` output (Kensa's own JSON plus the
+    albumentations dict). At most one preset per project is ``for_training`` (partial unique
+    index), so "the augmentation training uses" is one row or none, never a guess.
+    """
+
     __tablename__ = "augmentation_presets"
-    __table_args__ = (Index(None, "project_id"),)
+    __table_args__ = (
+        UniqueConstraint("project_id", "name"),
+        Index(
+            "ux_augmentation_presets_one_for_training",
+            "project_id",
+            unique=True,
+            sqlite_where=text("for_training"),
+            postgresql_where=text("for_training"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = _fk("projects.id")
     name: Mapped[str] = mapped_column(String(200))
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # server default: rows written before 0007 (and raw SQL inserts) are not for training
+    for_training: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = _now_column()
+    updated_at: Mapped[datetime] = _now_column()  # set by save and rename, not by marking
 
 
 class ModelVersion(Base):

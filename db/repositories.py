@@ -250,24 +250,114 @@ def list_problems(session: Session, project_id: int) -> list[DatasetProblem]:
 # --------------------------------------------------------------------------- augmentation presets
 
 
+class PresetNameTaken(ValueError):
+    """Another preset of the project already has that name."""
+
+
+def _upsert(session: Session, model: type[M]) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        return sqlite.insert(model)
+    if dialect == "postgresql":
+        return postgresql.insert(model)
+    raise NotImplementedError(dialect)  # pragma: no cover - only SQLite and PostgreSQL
+
+
 def save_preset(
     session: Session, project_id: int, name: str, config: Mapping[str, Any]
 ) -> AugmentationPreset:
-    """Save a preset; saving a name again adds a newer row (presets are history too)."""
-    preset = AugmentationPreset(project_id=project_id, name=name, config=dict(config))
-    session.add(preset)
-    session.flush()
-    return preset
+    """Create preset ``name`` or overwrite its config (one row per project and name).
+
+    One INSERT ... ON CONFLICT DO UPDATE: two people saving the same new name at once end
+    with one row (the later config), not with a constraint error. ``for_training`` and
+    ``created_at`` of an existing preset stay; ``updated_at`` moves.
+    """
+    now = utcnow()
+    stmt = _upsert(session, AugmentationPreset).values(
+        project_id=project_id, name=name, config=dict(config), created_at=now, updated_at=now
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["project_id", "name"],
+        set_={"config": stmt.excluded.config, "updated_at": stmt.excluded.updated_at},
+    )
+    preset_id = session.execute(stmt.returning(AugmentationPreset.id)).scalar_one()
+    return session.execute(
+        select(AugmentationPreset).where(AugmentationPreset.id == preset_id),
+        execution_options={"populate_existing": True},
+    ).scalar_one()
 
 
 def get_preset(session: Session, preset_id: int) -> AugmentationPreset | None:
     return session.get(AugmentationPreset, preset_id)
 
 
+def get_preset_by_name(session: Session, project_id: int, name: str) -> AugmentationPreset | None:
+    return session.execute(
+        select(AugmentationPreset).where(
+            AugmentationPreset.project_id == project_id, AugmentationPreset.name == name
+        )
+    ).scalar_one_or_none()
+
+
 def list_presets(session: Session, project_id: int) -> list[AugmentationPreset]:
-    """Newest first."""
+    """By name (then id, for a stable order)."""
     stmt = select(AugmentationPreset).where(AugmentationPreset.project_id == project_id)
-    return list(session.scalars(stmt.order_by(AugmentationPreset.id.desc())))
+    return list(session.scalars(stmt.order_by(AugmentationPreset.name, AugmentationPreset.id)))
+
+
+def rename_preset(session: Session, project_id: int, old: str, new: str) -> AugmentationPreset:
+    """Rename preset ``old``; LookupError if it does not exist, :class:`PresetNameTaken` if
+    another preset already has ``new`` (the unique constraint backs this check up)."""
+    preset = get_preset_by_name(session, project_id, old)
+    if preset is None:
+        raise LookupError(f"no augmentation preset named {old!r}")
+    if new != old:
+        if get_preset_by_name(session, project_id, new) is not None:
+            raise PresetNameTaken(f"an augmentation preset named {new!r} already exists")
+        _update_row(session, AugmentationPreset, preset.id, name=new, updated_at=utcnow())
+    return preset
+
+
+def delete_preset(session: Session, project_id: int, name: str) -> bool:
+    return session.execute(
+        delete(AugmentationPreset).where(
+            AugmentationPreset.project_id == project_id, AugmentationPreset.name == name
+        )
+    ).rowcount > 0
+
+
+def set_training_preset(session: Session, project_id: int, name: str | None) -> None:
+    """Make preset ``name`` the one training uses (None: none); the others are cleared.
+
+    The project row is locked first so concurrent markers queue; clearing is flushed before
+    marking because the partial unique index allows one marked row at any moment.
+    LookupError (nothing changed) if ``name`` does not exist.
+    """
+    _lock(session, Project, project_id)
+    target = None
+    if name is not None:
+        target = get_preset_by_name(session, project_id, name)
+        if target is None:
+            raise LookupError(f"no augmentation preset named {name!r}")
+    session.execute(
+        update(AugmentationPreset)
+        .where(AugmentationPreset.project_id == project_id, AugmentationPreset.for_training)
+        .values(for_training=False)
+        .execution_options(synchronize_session=False)
+    )
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, AugmentationPreset):
+            session.expire(obj, ["for_training"])
+    if target is not None:
+        _update_row(session, AugmentationPreset, target.id, for_training=True)
+
+
+def training_preset(session: Session, project_id: int) -> AugmentationPreset | None:
+    return session.execute(
+        select(AugmentationPreset).where(
+            AugmentationPreset.project_id == project_id, AugmentationPreset.for_training
+        )
+    ).scalar_one_or_none()
 
 
 # --------------------------------------------------------------------------- model versions

@@ -15,6 +15,8 @@ Projects (database under ``KENSA_HOME``, or ``DATABASE_URL``; the schema is upgr
     python -m services.cli lots NAME [--json]
     python -m services.cli explain NAME IMAGE [--html FILE] [--k 3] [--json]
     python -m services.cli drift NAME [--json] [--no-embedding] [--no-store]
+    python -m services.cli detectability NAME [--model-id N] [--json]
+    python -m services.cli robustness NAME [--model-id N] [--json]
     python -m services.cli review NAME --batch B --image SHA --verdict good|defect --by WHO
     python -m services.cli rollback NAME --to VERSION
     python -m services.cli threshold set NAME VALUE
@@ -22,7 +24,8 @@ Projects (database under ``KENSA_HOME``, or ``DATABASE_URL``; the schema is upgr
     python -m services.cli jobs list [NAME] [--active] | jobs cancel ID | jobs selftest
     python -m services.cli worker [--workers N]
 
-Long commands (project create, train NAME, score NAME, update-bank) run as jobs: a row in
+Long commands (project create, train NAME, score NAME, update-bank, detectability,
+robustness) run as jobs: a row in
 ``jobs`` with progress, heartbeat and Cancel (``jobs cancel ID`` from another terminal), run
 in this process with a progress bar, or queued for a worker with ``--background``.
 
@@ -202,12 +205,21 @@ def cmd_project_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preset_choice(preset: str | None) -> str | None:
+    """``--preset``: absent = the project's preset marked for training ("auto"), ``none`` = no
+    augmentation, else a preset's name."""
+    if preset is None:
+        return "auto"
+    return None if preset.strip().lower() == "none" else preset
+
+
 def cmd_train_project(args: argparse.Namespace) -> int:
     from services.training.project import request_training, start_training_job, train_project
 
     ctx = _ctx()
     if args.background:
-        mv_id = request_training(ctx, args.name, args.shots, args.seed, args.params)
+        mv_id = request_training(ctx, args.name, args.shots, args.seed, args.params,
+                                 augmentation=_preset_choice(args.preset))
         job_id = start_training_job(ctx, mv_id)
         _print({"job_id": job_id, "model_version_id": mv_id, "status": "queued"}, args.json,
                f"job {job_id} queued (model version {mv_id}); follow it with `jobs list "
@@ -216,7 +228,8 @@ def cmd_train_project(args: argparse.Namespace) -> int:
     update, close = _progress_bar(not args.quiet)
     try:
         mv = train_project(ctx, args.name, shots=args.shots, seed=args.seed,
-                           params=args.params, progress=update)
+                           params=args.params, progress=update,
+                           augmentation=_preset_choice(args.preset))
     finally:
         close()
     metrics = mv["metrics"]
@@ -341,6 +354,67 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.html:
         lines.append(f"report written to {args.html}")
     _print(e.as_json(), args.json, "\n".join(lines))
+    return 0
+
+
+def _stress(args: argparse.Namespace, part: str) -> dict[str, Any] | None:
+    """Run the ``part`` of the stress test as a job (inline, or ``--background``)."""
+    from services.evaluation.stress import KIND, stress_payload
+
+    options: dict[str, Any] = {"parts": [part], "max_images": args.max_images,
+                               "seed": args.seed}
+    for key in ("areas", "contrasts", "strengths", "transforms"):
+        value = getattr(args, key, None)
+        if value is not None:
+            options[key] = value
+    if options.get("areas") is not None:  # typed in percent, as the page and rows show them
+        options["areas"] = [a / 100 for a in options["areas"]]
+    ctx = _ctx()
+    payload = stress_payload(ctx, args.name, args.model_id, **options)
+    return _run_job(args, KIND, payload, ctx=ctx)
+
+
+def _stress_header(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: result[k] for k in ("model_version_id", "model_label", "threshold", "n_images",
+                                   "images", "skipped", "seed")}
+
+
+def cmd_detectability(args: argparse.Namespace) -> int:
+    """Detection rate of synthetic defects by area and contrast on held-out good images, and
+    the smallest defect caught in at least 9 of 10 images per contrast."""
+    from services.evaluation.stress import contrast_words, detectability_sentences
+
+    result = _stress(args, "detectability")
+    if result is None:
+        return 0
+    det = result["detectability"]
+    lines = [f"{result['model_label']} (threshold {result['threshold']:.4g}), "
+             f"{result['n_images']} held-out good image(s) with painted {det['kind']} defects",
+             f"{'area %':>8} {'(painted %)':>12}  {'contrast':<26} {'caught':>8}  rate"]
+    lines += [f"{r['area']:>8.3g} {r['area_realised']:>12.3g}  "
+              f"{contrast_words(r['contrast']):<26} {r['detected']:>3} of {r['n']:<2}"
+              f"  {r['detection_rate']:.0%}" for r in det["rows"]]
+    lines += detectability_sentences(det)
+    _print({**_stress_header(result), **det}, args.json, "\n".join(lines))
+    return 0
+
+
+def cmd_robustness(args: argparse.Namespace) -> int:
+    """Scores of held-out good images under each light, blur and noise change at growing
+    strength, and the changes that push a good part over the threshold."""
+    from services.evaluation.stress import robustness_sentences
+
+    result = _stress(args, "robustness")
+    if result is None:
+        return 0
+    rob = result["robustness"]
+    lines = [f"{result['model_label']} (threshold {result['threshold']:.4g}), "
+             f"{result['n_images']} held-out good image(s)",
+             f"{'change':<24} {'strength':>8} {'mean score':>11} {'highest':>10}  over"]
+    lines += [f"{r['title']:<24} {r['strength']:>8.2g} {r['mean_score']:>11.4g} "
+              f"{r['max_score']:>10.4g}  {r['share_over']:.0%}" for r in rob["rows"]]
+    lines += robustness_sentences(rob)
+    _print({**_stress_header(result), **rob}, args.json, "\n".join(lines))
     return 0
 
 
@@ -488,6 +562,15 @@ def _param(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def _floats(text: str) -> list[float]:
+    """``0.5,2,5`` as numbers (an argparse type: a bad item is named)."""
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}"
+                                          ) from None
+
+
 BACKGROUND_HELP = "queue it for a worker and return at once (default: run it here)"
 
 
@@ -526,6 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="which shots (and coreset seed)")
     train.add_argument("--set", dest="param_items", action="append", type=_param, default=[],
                        metavar="KEY=VALUE", help="model parameter, e.g. --set image_size=256")
+    train.add_argument("--preset", default=None, metavar="NAME",
+                       help="augmentation preset whose copies training adds (project mode; "
+                            "default: the one marked for training, 'none': no copies)")
     train.add_argument("--background", action="store_true",
                        help=BACKGROUND_HELP + " (project mode)")
     train.set_defaults(func=cmd_train)
@@ -561,6 +647,33 @@ def build_parser() -> argparse.ArgumentParser:
     expl.add_argument("--html", metavar="FILE", help="also write the self-contained HTML report")
     expl.add_argument("--k", type=int, default=3, help="nearest normal patches per region")
     expl.set_defaults(func=cmd_explain)
+
+    def stress_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        cmd = add(name, help=help_text)
+        cmd.add_argument("name")
+        cmd.add_argument("--model-id", type=int, default=None, metavar="N",
+                         help="model id to test (default: the model in use)")
+        cmd.add_argument("--max-images", type=int, default=8, metavar="N",
+                         help="held-out good images to use at most (a seeded sample beyond)")
+        cmd.add_argument("--seed", type=int, default=0, help="which sample, shapes and draws")
+        cmd.add_argument("--background", action="store_true", help=BACKGROUND_HELP)
+        return cmd
+
+    det = stress_command("detectability", "the smallest painted defect the model catches, "
+                                          "by area and contrast")
+    det.add_argument("--areas", type=_floats, metavar="PCT,PCT",
+                     help="defect areas in %% of the image (default 0.1,0.25,0.5,1,2,5)")
+    det.add_argument("--contrasts", type=_floats, metavar="C,C",
+                     help="defect contrasts in (0, 1] (default 0.25,0.5,1)")
+    det.set_defaults(func=cmd_detectability)
+    rob = stress_command("robustness", "what light, blur and noise do to good parts' scores")
+    rob.add_argument("--strengths", type=_floats, metavar="S,S",
+                     help="strengths in (0, 1] (default 0.25,0.5,0.75,1)")
+    rob.add_argument("--transforms", type=lambda t: [x.strip() for x in t.split(",")],
+                     metavar="NAME,NAME", help="changes to apply (default all: "
+                     "brighter, darker, gamma, uneven_light, shadow, blur, motion_blur, "
+                     "defocus, noise, sensor_noise, jpeg)")
+    rob.set_defaults(func=cmd_robustness)
 
     rev = add("review", help="confirm or overrule the verdict on one image of a lot")
     rev.add_argument("name")

@@ -18,6 +18,8 @@ METHOD_WORDS: dict[str, str] = {
     "f1_optimal": "best balance of misses and false alarms on held-out images",
     "f1_margin": "midway between the good and defect scores of held-out images",
     "mean_k_sigma": "well above the scores of held-out good images (no defects to learn from)",
+    "synthetic_f1": "midway between held-out good images and synthetic defects painted into "
+                    "them (no real defects held out)",
     "percentile": "a percentile of the held-out good images' scores",
     "manual": "set by hand",
     "calibration": "the threshold the model was trained with",

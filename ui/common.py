@@ -25,6 +25,7 @@ PROJECT_KEY = "project_picker"
 CHOSEN_KEY = "_project"
 
 DATASETS_PAGE = "app_pages/datasets.py"
+AUGMENTATION_PAGE = "app_pages/augmentation.py"
 TRAINING_PAGE = "app_pages/training.py"
 EVALUATION_PAGE = "app_pages/evaluation.py"
 EXPLAINABILITY_PAGE = "app_pages/explainability.py"

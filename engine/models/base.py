@@ -76,10 +76,16 @@ class FitReport(NamedTuple):
 
 
 class ImageSource(NamedTuple):
-    """Where a training image came from; the caller knows, the engine only sees arrays."""
+    """Where a training image came from; the caller knows, the engine only sees arrays.
+
+    ``augmented``: an augmented copy of a shot (written to ``path`` so provenance crops it).
+    Rules that depend on how many different parts were photographed (the few-shot model's
+    flip/rotation views) count only the shots; models without such rules ignore the flag.
+    """
 
     path: str
     sha256: str
+    augmented: bool = False
 
 
 @dataclass(frozen=True)

@@ -211,14 +211,15 @@ class FewShotPatchCore:
             raise ValueError("fit needs at least one good image")
         started = time.perf_counter()
         sources = _sources(images, sources)
-        views = views_for(self.config.views, len(images))
+        n_shots = sum(not s.augmented for s in sources) or len(images)  # copies are no parts
+        views = views_for(self.config.views, n_shots)
         plan = _FitPlan(len(images), len(views), self.config.max_bank)
         tensors = []
         for i, image in enumerate(images):  # a resize per image: hundreds take seconds
             tensors.append(to_tensor(image, self.config.image_size))
             if progress:
                 progress("preparing images", plan.prepare * (i + 1) / len(images))
-        self.state = FewShotState(self.config, n_shots=len(images), intensity=(
+        self.state = FewShotState(self.config, n_shots=n_shots, intensity=(
             float(np.mean([t.mean() for t in tensors])),
             float(np.mean([t.std() for t in tensors]))))
         # the coreset's share follows from the real patch count, known once images are sized

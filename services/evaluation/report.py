@@ -96,6 +96,11 @@ class Evaluation:
         return int((self.labels == 1).sum())
 
     @property
+    def n_synthetic(self) -> int:
+        """Defect rows that are synthetic defects painted at training (no real ones held out)."""
+        return sum(1 for r in self.images if (r.defect_type or "").startswith("synthetic"))
+
+    @property
     def has_both(self) -> bool:
         return self.n_good > 0 and self.n_defect > 0
 
@@ -133,12 +138,33 @@ def evaluable_versions(ctx: Kensa, name: str) -> list[dict[str, Any]]:
                 "id": mv.id,
                 "active": active is not None and mv.id == active.id,
                 "label": model_name(numbers.get(mv.id))
-                + (f" · separates good from defect {mv.metrics['image_auroc']:.3f} (AUROC)"
+                + (f" · separates good from defect {mv.metrics['image_auroc']:.3f} (AUROC"
+                   + (", synthetic defects)" if mv.metrics.get("metrics_on") == "synthetic"
+                      else ")")
                    if isinstance(mv.metrics.get("image_auroc"), int | float) else "")
                 + (" · in use" if active is not None and mv.id == active.id else ""),
             }
             for mv in repo.list_model_versions(s, project.id, status=RunStatus.DONE.value)
         ]
+
+
+def synthetic_defects(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """sha256 -> record of the synthetic defects a run without held-out defects painted
+    (``metrics["synthetic_validation"]``, written by training); empty for other runs."""
+    listed = metrics.get("synthetic_validation")
+    if not isinstance(listed, list):
+        return {}
+    return {e["sha256"]: e for e in listed if isinstance(e, dict) and "sha256" in e}
+
+
+def _synthetic_row(ctx: Kensa, painted: dict[str, Any], p: Any) -> EvalImage:
+    """A synthetic defect as a defect row (worst-case gallery included), named as such."""
+    path = str(ctx.resolve(painted["path"]))
+    kind = painted.get("kind", "defect")
+    source = Path(str(painted.get("source", path))).name
+    return EvalImage(f"{source} (synthetic)", path, p.image_sha256, 1, f"synthetic ({kind})",
+                     float(p.raw_score),
+                     str(ctx.resolve(p.heatmap_path)) if p.heatmap_path else None)
 
 
 def load_evaluation(ctx: Kensa, name: str, model_version_id: int) -> Evaluation:
@@ -165,7 +191,12 @@ def load_evaluation(ctx: Kensa, name: str, model_version_id: int) -> Evaluation:
         backbone = mv.backbone
     rows: list[EvalImage] = []
     unmatched = 0
+    synthetic = synthetic_defects(metrics)
     for p in predictions:
+        painted = synthetic.get(p.image_sha256)
+        if painted is not None:  # a synthetic defect the threshold was set on (no real ones)
+            rows.append(_synthetic_row(ctx, painted, p))
+            continue
         img = images.get(p.image_sha256)
         if img is None:  # image removed from the project since: its true label is unknown
             unmatched += 1
@@ -182,6 +213,10 @@ def load_evaluation(ctx: Kensa, name: str, model_version_id: int) -> Evaluation:
                       "value": f"{value:.3f}" if isinstance(value, int | float) else "—",
                       "meaning": meaning})
     notes = []
+    if synthetic:
+        notes.append(f"No defect images were held out: the threshold was set on "
+                     f"{len(synthetic)} synthetic defects painted into held-out good images, "
+                     "and the numbers below measure those, not real defects.")
     if all(r["value"] == "—" for r in table[3:]):
         notes.append("Pixel scores need defect images with masks among the held-out images.")
     return Evaluation(

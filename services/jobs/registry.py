@@ -198,6 +198,22 @@ def _update_bank(ctx: Kensa, job: JobInfo, report: Report) -> dict[str, Any]:
 register(JobKind("update_bank", "bank update", _update_bank))
 
 
+# --------------------------------------------------------------------------- stress_test
+
+
+def _stress(ctx: Kensa, job: JobInfo, report: Report) -> dict[str, Any]:
+    """Smallest defect caught and what light, blur and noise do to good parts (one model
+    version's held-out good images); every level reports, so Cancel stops it within one."""
+    from services.evaluation.stress import OPTIONS, run_stress
+
+    p = job.payload
+    return run_stress(ctx, p["name"], p["model_version_id"], progress=report,
+                      **{k: p[k] for k in OPTIONS if k in p})
+
+
+register(JobKind("stress_test", "stress test", _stress))
+
+
 # --------------------------------------------------------------------------- selftest
 
 

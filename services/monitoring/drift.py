@@ -293,7 +293,10 @@ def _reference(ctx: Kensa, session: Session, project_id: int, state_id: int,
         .where(Provenance.model_version_id == state.model_version_id,
                Provenance.state_version_id.in_(chain))
         .order_by(Provenance.record_id)).all()
-    training = list(dict.fromkeys((str(p), str(s)) for p, s in records))
+    # the images each version was given (source_images), not the augmented copies a preset
+    # added to the bank: those are the training's own variations, not parts from the line
+    training = list(dict.fromkeys((str(p), str(s)) for p, s in records
+                                  if not sources or str(s) in sources))
     if not training:
         paths = {i.sha256: i.path for i in repo.list_images(session, project_id)}
         training = [(paths[s], s) for s in state.source_images if s in paths]

@@ -11,12 +11,14 @@ without a threshold or a row pointing at a file that is not there yet.
 from __future__ import annotations
 
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
 import db.repositories as repo
 from db.models import ModelVersion, RunStatus, StateKind
+from engine.artifacts import write_bytes_atomic
 from engine.models import Capability, ProgressFn, registry
 from engine.regions import find_regions
 from services.context import Kensa
@@ -31,9 +33,11 @@ from services.inference.batches import (
 from services.inference.scoring import ImagePrediction, ThresholdInfo, save_heatmap
 from services.jobs.runner import plain_message
 from services.training.fit import (
+    AUGMENTED_COPIES,
     TrainingCancelled,
     TrainingInputError,
     TrainOutcome,
+    Validation,
     train_model,
     training_shortfall,
 )
@@ -41,6 +45,31 @@ from services.wording import model_numbers
 
 #: Progress at which fitting and validation end and writing the artifacts begins.
 SAVING_AT = 0.95
+#: Folders of a model version's artifacts: the augmented copies it learned from, and the
+#: synthetic defects (image and mask) its threshold was set on when no defect was held out.
+AUGMENTED_DIR, SYNTHETIC_DIR = "augmented", "synthetic"
+
+
+def augmentation_params(ctx: Kensa, name: str, augmentation: str | None = "auto"
+                        ) -> dict[str, Any] | None:
+    """What a run records in ``params["augmentation"]``: the preset marked for training
+    (``"auto"``), the named one (PresetError, a ValueError, if there is none), or None
+    (``None``, or "auto" with none marked).
+
+    The full config is copied in, so the run stays reproducible when the preset is edited or
+    deleted later.
+    """
+    from services.augmentation.presets import get_preset, load_config, training_preset
+
+    if augmentation is None:
+        return None
+    preset = (training_preset(ctx, name) if augmentation == "auto"
+              else get_preset(ctx, name, augmentation))
+    if preset is None:
+        return None
+    config = load_config(preset)
+    return {"preset": preset["name"], "preset_id": preset["id"], "copies": AUGMENTED_COPIES,
+            "config": config.to_json()}
 
 
 def request_training(
@@ -50,11 +79,17 @@ def request_training(
     seed: int = 0,
     params: dict[str, Any] | None = None,
     algorithm: str = registry.DEFAULT_MODEL,
+    augmentation: str | None | Literal["auto"] = "auto",
 ) -> int:
     """Queue a training run of ``algorithm`` (a registry name); bad parameters are refused
-    now, not minutes later in a worker."""
+    now, not minutes later in a worker.
+
+    ``augmentation``: "auto" adds the copies of the project's preset marked for training (if
+    any), a preset name that preset's, None none (see :func:`augmentation_params`).
+    """
     model_params = dict(params or {})
     config = registry.validate(algorithm, model_params)
+    augmented = augmentation_params(ctx, name, augmentation)
     with ctx.session() as s:
         project = require_project(s, name)
         counts = repo.image_counts(s, project.id)
@@ -66,10 +101,11 @@ def request_training(
         problem = training_shortfall(n_good, n_good_all - n_good, n_defect, shots)
         if problem:
             raise TrainingInputError(problem)
-        mv = repo.create_model_version(
-            s, project.id, algorithm, config.get("backbone"),
-            {"shots": shots, "seed": seed, "model": model_params},
-        )
+        run_params: dict[str, Any] = {"shots": shots, "seed": seed, "model": model_params}
+        if augmented is not None:
+            run_params["augmentation"] = augmented
+        mv = repo.create_model_version(s, project.id, algorithm, config.get("backbone"),
+                                       run_params)
         return mv.id
 
 
@@ -132,6 +168,8 @@ def run_training(ctx: Kensa, model_version_id: int, progress: ProgressFn | None 
             algorithm=mv.algorithm, params=dict(mv.params.get("model", {})),
             progress=reporter, cancelled=reporter.cancelled,
             expected_sha256={path: img.sha256 for path, img in images.items()},
+            augmentation=mv.params.get("augmentation"),
+            augmented_dir=ctx.model_dir(project.id, mv.id) / AUGMENTED_DIR,
         )
         reporter("saving model, bank and validation scores", 1.0)
         _commit(ctx, project.id, mv, outcome, images)
@@ -162,6 +200,30 @@ def _scaled_regions(score_map: np.ndarray, threshold: float, width: int | None,
     return out
 
 
+def _write_synthetic(ctx: Kensa, directory: Path, val: Validation
+                     ) -> dict[int, tuple[str, str, int, int]]:
+    """Write the synthetic defects (image and mask PNGs) a threshold was set on.
+
+    Returns ``{validation index: (path, sha256, width, height)}``; the path is the file
+    written, so the Evaluation page shows the very pixels that were scored.
+    """
+    out = {}
+    for i, entry in val.synthetic.items():
+        path = (directory / entry.name).resolve()
+        digest = write_bytes_atomic(path, entry.png)
+        write_bytes_atomic(directory / entry.mask_name, entry.mask_png)
+        out[i] = (str(path), digest, entry.width, entry.height)
+    return out
+
+
+def _synthetic_record(ctx: Kensa, directory: Path, val: Validation,
+                      written: dict[int, tuple[str, str, int, int]]) -> list[dict[str, str]]:
+    """``metrics["synthetic_validation"]``: which predictions are synthetic defects."""
+    return [{"path": ctx.stored(written[i][0]), "sha256": written[i][1], "kind": e.kind,
+             "source": e.source, "mask_path": ctx.stored(directory / e.mask_name)}
+            for i, e in sorted(val.synthetic.items())]
+
+
 def _commit(ctx: Kensa, project_id: int, mv: ModelVersion, outcome: TrainOutcome,
             images: dict[str, Any]) -> None:
     """Write the artifacts, then every row of the finished run in one transaction."""
@@ -169,16 +231,22 @@ def _commit(ctx: Kensa, project_id: int, mv: ModelVersion, outcome: TrainOutcome
     digests = outcome.model.save(model_dir)
     val, thr = outcome.validation, outcome.threshold
     rule = ThresholdInfo(float(thr.value), thr.method, tuple(float(s) for s in val.normal_scores))
+    synthetic = _write_synthetic(ctx, model_dir / SYNTHETIC_DIR, val)
     rows = []
-    for path, raw, score_map in zip(val.paths, val.scores, val.maps, strict=True):
-        image = images[path]
+    for i, (path, raw, score_map) in enumerate(zip(val.paths, val.scores, val.maps,
+                                                   strict=True)):
+        if i in synthetic:  # painted into a held-out good image; not in the images table
+            path, sha256, width, height = synthetic[i]
+        else:
+            image = images[path]
+            sha256, width, height = image.sha256, image.width, image.height
         raw = float(raw)
         verdict = "defect" if raw >= rule.value else "good"
-        regions = (_scaled_regions(score_map, rule.value, image.width, image.height)
+        regions = (_scaled_regions(score_map, rule.value, width, height)
                    if verdict == "defect" else [])
-        pred = ImagePrediction(path, image.sha256, raw, float(rule.normalized(raw)), verdict,
+        pred = ImagePrediction(path, sha256, raw, float(rule.normalized(raw)), verdict,
                                rule.confidence(raw), regions)
-        heatmap = ctx.validation_heatmap(project_id, mv.id, image.sha256)
+        heatmap = ctx.validation_heatmap(project_id, mv.id, sha256)
         save_heatmap(score_map, rule, heatmap)
         rows.append(prediction_row(ctx, pred, rule, heatmap, None, None))
     model = outcome.model
@@ -187,9 +255,15 @@ def _commit(ctx: Kensa, project_id: int, mv: ModelVersion, outcome: TrainOutcome
         "threshold": {"method": thr.method, "value": float(thr.value), "params": thr.params},
         "shots": outcome.shots,
         "fit": outcome.fit._asdict(),
-        "validation_images": len(val.paths),
+        "validation_images": len(val.paths) - len(val.synthetic),  # real held-out images
         "skipped": outcome.skipped,
     }
+    if synthetic:  # the image (and pixel) numbers measure painted defects, not real ones
+        metrics["synthetic_validation"] = _synthetic_record(ctx, model_dir / SYNTHETIC_DIR,
+                                                            val, synthetic)
+        metrics["metrics_on"] = "synthetic"
+    if outcome.augmentation is not None:
+        metrics["augmentation"] = outcome.augmentation
     with ctx.session() as s:
         if not repo.finish_model_version(
             s, mv.id, RunStatus.DONE.value, metrics=metrics,
@@ -219,7 +293,8 @@ def _commit(ctx: Kensa, project_id: int, mv: ModelVersion, outcome: TrainOutcome
 
 def train_project(ctx: Kensa, name: str, shots: int | None = None, seed: int = 0,
                   params: dict[str, Any] | None = None, progress: ProgressFn | None = None,
-                  algorithm: str = registry.DEFAULT_MODEL) -> dict[str, Any]:
+                  algorithm: str = registry.DEFAULT_MODEL,
+                  augmentation: str | None | Literal["auto"] = "auto") -> dict[str, Any]:
     """Queue and run a training in this process as a job (the CLI's ``train NAME``).
 
     Same job path as a worker (row, heartbeat, Cancel from another process); raises
@@ -227,7 +302,7 @@ def train_project(ctx: Kensa, name: str, shots: int | None = None, seed: int = 0
     """
     from services.jobs.api import submit_inline
 
-    mv_id = request_training(ctx, name, shots, seed, params, algorithm)
+    mv_id = request_training(ctx, name, shots, seed, params, algorithm, augmentation)
     _, mv = submit_inline(ctx, "train", {"model_version_id": mv_id},
                           project_id=get_model_version(ctx, mv_id)["project_id"], echo=progress)
     return mv

@@ -18,8 +18,10 @@ from engine.models import registry
 from services.context import Kensa
 from services.data.projects import require_project
 from services.training.fit import (
+    AUGMENTED_COPIES,
     FIT_S,
     LOAD_S,
+    MAX_AUGMENTED,
     SCORE_S,
     STARTUP_S,
     held_out_needed,
@@ -74,6 +76,8 @@ class TrainingSetup:
     active: list[dict[str, Any]] = field(default_factory=list)
     #: what a training of all good images would take on this machine, in words
     duration: str = ""
+    #: which preset adds how many augmented copies per good image, in words
+    augmentation: str = ""
 
     @property
     def can_train(self) -> bool:
@@ -117,8 +121,9 @@ def _reasons(n_good: int, n_good_other: int, n_defect: int) -> list[str]:
         )
     else:
         reasons.append(
-            "No defect images are needed to train. Without any, the threshold is set from the "
-            "spread of held-out good images; add a few defect images to measure the model."
+            "No defect images are needed to train. Without any, the threshold is set on "
+            "synthetic defects painted into held-out good images; add a few real defect images "
+            "to measure the model."
         )
     reasons.append(
         "It works offline: the default backbone's weights ship with Kensa, and training is one "
@@ -154,8 +159,11 @@ def expected_duration(runs: list[dict[str, Any]], n_train: int, n_held: int
                 or not isinstance(shots, list) or not shots):
             continue
         took = (run["finished_at"] - run["started_at"]).total_seconds()
-        held = int(metrics.get("validation_images") or 0)
-        per_unit = took / (len(shots) * (LOAD_S + FIT_S) + held * SCORE_S)
+        # what that run really fitted and scored: augmented copies and synthetic defects too
+        fitted = len(shots) + int((metrics.get("augmentation") or {}).get("augmented_images", 0))
+        held = (int(metrics.get("validation_images") or 0)
+                + len(metrics.get("synthetic_validation") or ()))
+        per_unit = took / (fitted * (LOAD_S + FIT_S) + held * SCORE_S)
         return per_unit * (n_train * (LOAD_S + FIT_S) + n_held * SCORE_S), True
     return n_train * (LOAD_S + FIT_S) + n_held * SCORE_S + STARTUP_S, False
 
@@ -169,6 +177,23 @@ def _duration_words(runs: list[dict[str, Any]], n_train: int, n_held: int) -> st
 
 def _default_image_size() -> int:
     return int(registry.spec(registry.DEFAULT_MODEL).default_config["image_size"])
+
+
+def augmentation_words(ctx: Kensa, name: str) -> str:
+    """One sentence: which augmentation preset a training will use, and how many copies.
+
+    The same preset :func:`services.training.project.augmentation_params` records ("auto").
+    """
+    from services.augmentation.presets import training_preset
+
+    preset = training_preset(ctx, name)
+    if preset is None:
+        return ("No augmentation preset is marked for training: the model learns from the good "
+                "images as they are.")
+    n = AUGMENTED_COPIES
+    return (f"The augmentation preset “{preset['name']}” adds {n} augmented "
+            f"cop{'ies' if n != 1 else 'y'} of every good image the model learns from (at "
+            f"most {MAX_AUGMENTED} copies in all, from an even spread of the images).")
 
 
 def training_setup(ctx: Kensa, name: str) -> TrainingSetup:
@@ -203,6 +228,7 @@ def training_setup(ctx: Kensa, name: str) -> TrainingSetup:
         default_image_size=int(model.default_config["image_size"]),
         active=active,
         duration=_duration_words(runs, max(1, n_train), n_held),
+        augmentation=augmentation_words(ctx, name),
     )
 
 

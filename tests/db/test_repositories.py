@@ -134,7 +134,8 @@ def test_add_images_rejects_unknown_columns_and_bad_enums(engine: Engine, projec
         repo.add_images(s, 999, [_img(1)])  # foreign key
 
 
-# --------------------------------------------------------------------------- problems, presets
+# --------------------------------------------------------------------------- problems
+# (augmentation presets: tests/db/test_presets.py)
 
 
 def test_problems_add_list_replace(engine: Engine, project_id: int) -> None:
@@ -154,16 +155,6 @@ def test_problems_add_list_replace(engine: Engine, project_id: int) -> None:
     with session_scope(engine, readonly=True) as s:
         (only,) = repo.list_problems(s, project_id)
         assert (only.path, only.kind, only.message) == ("c.png", "duplicate", "")
-
-
-def test_presets_are_history(engine: Engine, project_id: int) -> None:
-    with session_scope(engine) as s:
-        first = repo.save_preset(s, project_id, "light", {"brightness": 0.1})
-        repo.save_preset(s, project_id, "light", {"brightness": 0.3})
-    with session_scope(engine, readonly=True) as s:
-        presets = repo.list_presets(s, project_id)
-        assert [p.config["brightness"] for p in presets] == [0.3, 0.1]  # newest first
-        assert repo.get_preset(s, first.id).config == {"brightness": 0.1}  # type: ignore[union-attr]
 
 
 # --------------------------------------------------------------------------- model versions

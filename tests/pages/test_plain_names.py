@@ -36,8 +36,9 @@ RAW = ("![x](http://127.0.0.1:9/a.png)", "[link](http://x)", "**bold**", "$x$",
 #: labels and help, image captions, progress and metric texts). Select options are plain.
 MARKDOWN_FIELDS = {"body", "label", "help", "caption", "text"}
 
-PAGES = (None, "app_pages/datasets.py", "app_pages/training.py", "app_pages/evaluation.py",
-         "app_pages/explainability.py", "app_pages/lots.py", "app_pages/drift.py")
+PAGES = (None, "app_pages/datasets.py", "app_pages/augmentation.py", "app_pages/training.py",
+         "app_pages/evaluation.py", "app_pages/explainability.py", "app_pages/lots.py",
+         "app_pages/drift.py")
 
 
 def _strings(message: Message, field: str = "") -> Iterator[tuple[str, str]]:

@@ -89,6 +89,8 @@ def test_errors_are_one_line_with_exit_code_2(
     assert code == 2 and "no trained model yet" in err
     code, _, err = run(capsys, "threshold", "set", "tiles", "nan")
     assert code == 2 and err.startswith("error: ")
+    code, _, err = run(capsys, "train", "tiles", "--preset", "no such preset")
+    assert code == 2 and err.count("\n") == 1 and "no such preset" in err, err
 
 
 @pytest.mark.parametrize("failure, expected", [

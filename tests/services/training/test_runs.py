@@ -48,10 +48,10 @@ def test_bad_files_are_named_and_training_uses_the_rest(messy_dataset: Path) -> 
     assert outcome.metrics["image_auroc"] > 0.9
 
 
-def test_threshold_falls_back_to_good_scores_without_defects(tmp_path: Path) -> None:
+def test_threshold_without_defects_is_set_on_synthetic_ones(tmp_path: Path) -> None:
     root = make_mvtec(tmp_path / "goods", n_train=6, n_test_good=3, n_defect=0)
     outcome = train_model(discover(root), shots=3, params=SMALL)
-    assert outcome.threshold.method == "mean_k_sigma"
+    assert outcome.threshold.method == "synthetic_f1"  # mean + 3 sigma only for flat images
     assert outcome.threshold.value > outcome.validation.normal_scores.mean()
 
 
