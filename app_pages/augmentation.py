@@ -47,7 +47,7 @@ from ui.common import DATASETS_PAGE, context, need_project, plain, with_project
 N_IMAGES = 12  # tiles in the grid
 SAMPLE_SEED = 0  # which of the project's images are shown: the same ones on every visit
 LONG_SIDE = 512  # px: the preview images' longer side
-TILES_PER_ROW = 2  # each tile is a before | after pair, so four pictures a row
+TILES_PER_ROW = 1  # before | after | what was drawn: pictures large enough to see a 1 % stain
 MAX_SEED = 2**31 - 1
 
 SEED_KEY = "aug_seed"
@@ -371,12 +371,14 @@ def _tile(tile: PreviewTile, masks: bool, changes: bool) -> None:
     before = overlay(tile.before, tile.mask_before if masks else None)
     after = overlay(tile.after, tile.mask_after if masks else None)
     with st.container(border=True):
-        left, right = st.columns(2)
+        # what was drawn goes beside the pair (nothing on: nothing to say, 12 times); the
+        # pictures keep their size either way
+        left, right, words = st.columns(3)
         left.image(before, caption=f"Before · {plain(tile.label)}", width="stretch",
                    output_format="JPEG")
         right.image(after, caption="After", width="stretch", output_format="JPEG")
-        if changes:  # what was drawn for this image (nothing on: nothing to say, 12 times)
-            st.caption(plain(describe_applied(tile.applied)))
+        if changes:
+            words.caption(plain(describe_applied(tile.applied)))
 
 
 @st.fragment

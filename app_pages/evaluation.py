@@ -47,6 +47,8 @@ from ui.common import (
     with_project,
 )
 
+#: Heatmaps per page of the gallery (four rows of six).
+GALLERY_PAGE = 24
 GOOD_COLOUR = "#2E8B57"
 DEFECT_COLOUR = "#C0392B"
 LINE_COLOUR = "#1F2A30"
@@ -101,7 +103,9 @@ if ev.n_synthetic:
             "images it had kept aside and set the threshold between those and the good "
             "images. The numbers below measure those made-up defects, not real ones: add a "
             "few real defect images and train again for a real evaluation. The made-up "
-            "defects appear among the worst cases below.", icon=":material/auto_fix_high:")
+            "defects are the images marked “synthetic” (perlin: a stain, cutpaste: a pasted "
+            "patch, scar: a scratch) in the heatmaps below, and among the worst mistakes if "
+            "the model misses one.", icon=":material/auto_fix_high:")
 if not ev.has_both:
     missing = "defect" if ev.n_defect == 0 else "good"
     st.info(f"There are no {missing} images among them, so curves and error rates for "
@@ -295,6 +299,12 @@ which = st.radio("Show", ["all", "mistakes", "correct"], horizontal=True, key=f"
 shown = evaluated_images(ev, threshold, which)
 if not shown:
     st.caption("No image in this group at this threshold.")
+if len(shown) > GALLERY_PAGE:  # hundreds of heatmaps would bury everything below them
+    pages = -(-len(shown) // GALLERY_PAGE)
+    page = st.number_input(f"Page (of {pages}; {GALLERY_PAGE} images a page, highest score "
+                           "first)", min_value=1, max_value=pages, value=1, step=1,
+                           key=f"ev_gallery_page_{mv_id}_{which}")
+    shown = shown[(int(page) - 1) * GALLERY_PAGE:int(page) * GALLERY_PAGE]
 cols = st.columns(6)
 for i, row in enumerate(shown):
     image = heatmap_overlay(ctx.home, row["image"].path, row["image"].heatmap_path,
@@ -390,7 +400,8 @@ else:
                                  hovertemplate="%{x:.3g} % of the image: %{text} caught"
                                                "<extra>%{fullData.name}</extra>"))
     fig.add_hline(y=det["rate"], line_color=LINE_COLOUR, line_dash="dot",
-                  annotation_text=f"caught in {det['rate']:.0%} of images")
+                  annotation_text=f"caught in {det['rate']:.0%} of images",
+                  annotation_position="bottom right")
     areas = sorted({a for line in lines for a in line["area"]})  # ticks at the tested sizes
     fig.update_layout(title="Share of painted defects caught, by size and contrast",
                       xaxis_title="defect area (% of the image, log scale)",

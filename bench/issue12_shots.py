@@ -8,7 +8,8 @@ stress test) on the real data sets, as a first-time user would open the pages.
    ``screenshots/issue12-stress-<data set>.png`` (whole page) and
    ``issue12-stress-<data set>-section.png`` (the stress section only).
 2. A project of ONLY good images (``--good-only`` toothbrush ``train/good`` images copied into a
-   flat ``good/`` folder): trained, so its threshold is set on synthetic defects →
+   flat ``good/`` folder), trained at ``--shots`` but at most its image count less 4, so its
+   threshold is set on synthetic defects painted into the held-out goods →
    ``issue12-synthetic-threshold.png`` (the info box and the synthetic images among the worst
    cases); the threshold method and value are printed.
 3. The Augmentation page of the first data set's project with a preset (brightness/contrast,
@@ -304,8 +305,12 @@ def main() -> int:
             print(json.dumps({dataset: entry}, default=str), file=sys.stderr, flush=True)
         synthetic = None
         if args.good_only:
-            entry = {"images": args.good_only, "source": "toothbrush/train/good (first by name)"}
-            entry.update(train(ctx, GOOD_ONLY, good_only(home, args.good_only), None,
+            # at least 4 good images held out: the threshold is set between them and the
+            # synthetic defects painted into them
+            shots = max(1, min(args.shots, args.good_only - 4))
+            entry = {"images": args.good_only, "shots": shots,
+                     "source": "toothbrush/train/good (first by name)"}
+            entry.update(train(ctx, GOOD_ONLY, good_only(home, args.good_only), shots,
                                args.reuse))
             entry.update(synthetic_info(ctx, GOOD_ONLY))
             report["synthetic_threshold"] = entry

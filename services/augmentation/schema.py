@@ -104,10 +104,11 @@ def _value(value: Any) -> str:
 
 #: albumentations' names for what it drew, in words for the captions under the tiles.
 _WORDS = {
-    "alpha": "contrast ×", "beta": "brightness shift", "gamma": "gamma", "rotate": "turned °",
+    "alpha": "contrast ×", "beta": "brightness shift (grey levels)", "gamma": "gamma",
+    "rotate": "turned °",
     "scale": "zoom", "intensity": "strength", "intensities": "shadow strength",
     "clip_limit": "local contrast", "radius": "blur radius px", "quality": "JPEG quality",
-    "area": "size (share of picture)", "contrast": "strength", "defect_pixels": "pixels changed",
+    "area": "size % of picture", "contrast": "strength", "defect_pixels": "pixels changed",
     "group_element": "turn/mirror", "color_shift": "colour shift", "brightness": "brightness ×",
     "saturation": "saturation ×", "hue": "hue shift", "angle": "light from °",
 }
@@ -126,7 +127,9 @@ def describe_applied(applied: list[dict[str, Any]]) -> str:
         spec = TRANSFORMS.get(step.get("transform", ""))
         title = spec.title if spec is not None else str(step.get("transform", "?"))
         params = step.get("params") or {}
-        values = ", ".join(f"{_WORDS.get(k, k.replace('_', ' '))} {_value(v)}"
-                           for k, v in params.items() if k not in _HIDDEN)
+        values = ", ".join(
+            f"{_WORDS.get(k, k.replace('_', ' '))} "
+            f"{_value(100 * v if k == 'area' and isinstance(v, float) else v)}"
+            for k, v in params.items() if k not in _HIDDEN)
         parts.append(f"{title}: {values}" if values else title)
     return " · ".join(parts)

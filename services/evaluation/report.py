@@ -162,7 +162,9 @@ def _synthetic_row(ctx: Kensa, painted: dict[str, Any], p: Any) -> EvalImage:
     path = str(ctx.resolve(painted["path"]))
     kind = painted.get("kind", "defect")
     source = Path(str(painted.get("source", path))).name
-    return EvalImage(f"{source} (synthetic)", path, p.image_sha256, 1, f"synthetic ({kind})",
+    # the name is the good image it was painted into; the type says "synthetic (kind)" (every
+    # caption shows both, so the word once is enough)
+    return EvalImage(source, path, p.image_sha256, 1, f"synthetic ({kind})",
                      float(p.raw_score),
                      str(ctx.resolve(p.heatmap_path)) if p.heatmap_path else None)
 
