@@ -114,7 +114,8 @@ def _irange(name: str, title: str, help_: str, default: tuple[int, int], lo: int
 
 
 _SYNTHETIC_PARAMS = (
-    _frange("area", "Defect size", "Share of the picture the defect covers (0.01 = 1 %).",
+    _frange("area", "Defect size (0.01 = 1 % of the picture)",
+            "Share of the picture the defect covers (0.01 = 1 %).",
             (0.005, 0.03), defects.AREA_RANGE[0], defects.AREA_RANGE[1], 0.0005),
     _frange("contrast", "Defect strength",
             "How strongly the defect stands out from the surface around it (1 = strongest).",

@@ -60,6 +60,16 @@ class Ladder:
     build: Callable[[Any, float], Any]  # (albumentations, strength) -> transform
 
 
+#: The Augmentation page's transform (an ``engine.augment.schema.TRANSFORMS`` name) whose copies
+#: teach the model each ladder's change: what the robustness hint tells a person to switch on.
+AUGMENTATION_TWIN = {
+    "brighter": "RandomBrightnessContrast", "darker": "RandomBrightnessContrast",
+    "gamma": "RandomGamma", "uneven_light": "Illumination", "shadow": "RandomShadow",
+    "blur": "GaussianBlur", "motion_blur": "MotionBlur", "defocus": "Defocus",
+    "noise": "GaussNoise", "sensor_noise": "ISONoise", "jpeg": "ImageCompression",
+}
+
+
 def _streak(strength: float) -> int:
     """Odd motion-blur kernel from 3 (the smallest) to 11 px, a different one per quarter."""
     return 1 + 2 * max(1, math.ceil(5 * strength - 1e-9))

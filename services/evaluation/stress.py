@@ -22,6 +22,7 @@ import numpy as np
 import db.repositories as repo
 from db.models import ModelVersion, Project, RunStatus
 from engine.augment.stress import (
+    AUGMENTATION_TWIN,
     DEFAULT_AREAS,
     DEFAULT_CONTRASTS,
     DEFAULT_STRENGTHS,
@@ -237,7 +238,9 @@ def run_stress(
     if rob_levels:
         rows = robustness(goods, score, threshold, strengths=strengths, transforms=transforms,
                           seed=seed, baseline=baseline, progress=span(1 + det_levels, rob_levels))
-        result["robustness"] = {"rows": rows, "pushes_over": pushes_over(rows)}
+        pushed = pushes_over(rows)
+        result["robustness"] = {"rows": rows, "pushes_over": pushed,
+                                "switch_on": switch_on(pushed)}
     report("done", 1.0)
     return result
 
@@ -329,6 +332,20 @@ def detectability_sentences(det: dict[str, Any]) -> list[str]:
     return out
 
 
+def switch_on(pushed: Sequence[dict[str, Any]]) -> list[str]:
+    """Titles of the Augmentation page's transforms that teach the changes in ``pushed``, in
+    the order of ``pushed`` (weakest strength first), each once."""
+    from engine.augment.schema import TRANSFORMS  # albumentations, torch: worker side only
+
+    names = [AUGMENTATION_TWIN[p["transform"]] for p in pushed
+             if p["transform"] in AUGMENTATION_TWIN]
+    return [TRANSFORMS[n].title for n in dict.fromkeys(names) if n in TRANSFORMS]
+
+
+def _and(words: Sequence[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
 def robustness_sentences(rob: dict[str, Any]) -> list[str]:
     """What pushes good parts over the threshold, one sentence per change (a list of ten
     changes in one sentence is unreadable), each saying what its strength means, then the hint
@@ -338,8 +355,9 @@ def robustness_sentences(rob: dict[str, Any]) -> list[str]:
         return [f"{p['title']} pushes good parts over the threshold from strength "
                 f"{p['strength']:g} (strength 1: {_full_words(p['transform'])}): "
                 f"{p['pushed_over']} of {p['n']} good images." for p in pushed] + [
-                "Train with a preset that includes these changes (Augmentation page), so the "
-                "model learns that they are normal."]
+                (f"Train with a preset that switches on {_and(rob['switch_on'])} "
+                 if rob.get("switch_on") else "Train with a preset that includes these changes ")
+                + "(Augmentation page), so the model learns that they are normal."]
     changed = [r for r in rob["rows"] if r["strength"] > 0 and r["margin"] is not None]
     if not changed:
         return ["A good image already scores over the threshold unchanged, so the room left "

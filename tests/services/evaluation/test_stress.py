@@ -26,6 +26,7 @@ from services.evaluation.stress import (
     robustness_sentences,
     run_stress,
     stress_job,
+    switch_on,
 )
 from services.inference.batches import get_active_model, load_model
 from services.jobs import api
@@ -103,6 +104,21 @@ def test_run_stress_measures_the_model_in_use(ctx: Kensa) -> None:
         r["transform"] for r in rob["rows"] if r["pushed_over"] > 0}
     text = " ".join(robustness_sentences(rob))
     assert ("Augmentation page" in text) == bool(rob["pushes_over"])
+    # the hint names the Augmentation page's switches that teach what pushed goods over
+    expected = [{"brighter": "Brightness and contrast", "noise": "Sensor noise"}[p["transform"]]
+                for p in rob["pushes_over"]]
+    assert rob["switch_on"] == list(dict.fromkeys(expected))
+    assert all(title in text for title in rob["switch_on"])
+
+
+def test_the_hint_names_each_switch_once() -> None:
+    pushed = [{"transform": t, "title": t, "group": "light", "strength": 0.5, "pushed_over": 1,
+               "n": 2} for t in ("darker", "brighter", "jpeg")]
+    switches = switch_on(pushed)
+    assert switches == ["Brightness and contrast", "JPEG artefacts"]
+    hint = robustness_sentences({"rows": [], "pushes_over": pushed, "switch_on": switches})[-1]
+    assert hint.startswith("Train with a preset that switches on Brightness and contrast and "
+                           "JPEG artefacts (Augmentation page)")
 
 
 def test_job_kind_and_latest_result(ctx: Kensa) -> None:
