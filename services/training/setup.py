@@ -25,6 +25,7 @@ from services.training.fit import (
     SCORE_S,
     STARTUP_S,
     held_out_needed,
+    synthetic_plan,
     training_shortfall,
 )
 from services.training.project import (
@@ -168,30 +169,55 @@ def expected_duration(runs: list[dict[str, Any]], n_train: int, n_held: int
     return n_train * (LOAD_S + FIT_S) + n_held * SCORE_S + STARTUP_S, False
 
 
-def _duration_words(runs: list[dict[str, Any]], n_train: int, n_held: int) -> str:
-    seconds, measured = expected_duration(runs, n_train, n_held)
+def planned_extras(n_train: int, n_held_good: int, n_defect: int, preset: bool
+                   ) -> tuple[int, int]:
+    """(augmented copies, synthetic defects) the next training will add: copies when a preset
+    is marked (the cap of ``fit._write_copies``), synthetic defects when no defect is held out
+    (``fit.synthetic_plan``). Both are fitted or scored like real images, so they take time."""
+    copies = 0
+    if preset and n_train:
+        per_shot = min(n_train, max(1, MAX_AUGMENTED // AUGMENTED_COPIES))
+        copies = per_shot * AUGMENTED_COPIES if n_train * AUGMENTED_COPIES > MAX_AUGMENTED \
+            else n_train * AUGMENTED_COPIES
+    chosen, per_image = synthetic_plan(n_held_good) if n_defect == 0 else ([], 0)
+    return copies, len(chosen) * per_image
+
+
+def _duration_words(runs: list[dict[str, Any]], n_train: int, n_held: int,
+                    extras: tuple[int, int] = (0, 0)) -> str:
+    copies, synthetic = extras
+    seconds, measured = expected_duration(runs, n_train + copies, n_held + synthetic)
     source = "from this project's last training" if measured else "an estimate for this machine"
-    return (f"Training on these {n_train} good images and checking {n_held} held-out images "
-            f"takes {_seconds_words(seconds)} ({source}).")
+    added = [f"{copies} augmented copies"] * bool(copies) + [
+        f"{synthetic} synthetic defects"] * bool(synthetic)
+    return (f"Training on these {n_train} good images and checking {n_held} held-out images"
+            + (f" (with {' and '.join(added)})" if added else "")
+            + f" takes {_seconds_words(seconds)} ({source}).")
 
 
 def _default_image_size() -> int:
     return int(registry.spec(registry.DEFAULT_MODEL).default_config["image_size"])
 
 
+def _training_preset_name(ctx: Kensa, name: str) -> str | None:
+    with ctx.session(readonly=True) as s:
+        preset = repo.training_preset(s, require_project(s, name).id)
+        return None if preset is None else preset.name
+
+
 def augmentation_words(ctx: Kensa, name: str) -> str:
     """One sentence: which augmentation preset a training will use, and how many copies.
 
     The same preset :func:`services.training.project.augmentation_params` records ("auto").
+    Read from the table, not through ``services.augmentation``: that validates configs with
+    albumentations, which imports torch, and the page server should not load it for a name.
     """
-    from services.augmentation.presets import training_preset
-
-    preset = training_preset(ctx, name)
-    if preset is None:
+    preset_name = _training_preset_name(ctx, name)
+    if preset_name is None:
         return ("No augmentation preset is marked for training: the model learns from the good "
                 "images as they are.")
     n = AUGMENTED_COPIES
-    return (f"The augmentation preset “{preset['name']}” adds {n} augmented "
+    return (f"The augmentation preset “{preset_name}” adds {n} augmented "
             f"cop{'ies' if n != 1 else 'y'} of every good image the model learns from (at "
             f"most {MAX_AUGMENTED} copies in all, from an even spread of the images).")
 
@@ -210,6 +236,7 @@ def training_setup(ctx: Kensa, name: str) -> TrainingSetup:
     n_defect = sum(n for (_, label, _), n in counts.items() if label == "defect")
     model = registry.spec(registry.DEFAULT_MODEL)
     runs = list_model_versions(ctx, name)
+    has_preset = _training_preset_name(ctx, name) is not None
     n_train = n_good_train - max(0, held_out_needed(n_defect) - (n_good - n_good_train))
     n_held = n_good + n_defect - n_train
     backbones = [
@@ -227,7 +254,8 @@ def training_setup(ctx: Kensa, name: str) -> TrainingSetup:
         default_backbone=DEFAULT_BACKBONE,
         default_image_size=int(model.default_config["image_size"]),
         active=active,
-        duration=_duration_words(runs, max(1, n_train), n_held),
+        duration=_duration_words(runs, max(1, n_train), n_held, planned_extras(
+            max(1, n_train), n_good - n_train, n_defect, has_preset)),
         augmentation=augmentation_words(ctx, name),
     )
 

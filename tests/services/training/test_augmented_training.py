@@ -23,7 +23,7 @@ from services.training.project import (
     request_training,
     run_training,
 )
-from services.training.setup import augmentation_words
+from services.training.setup import augmentation_words, training_setup
 from tests.services.conftest import PARAMS
 from tests.synthetic import make_mvtec
 
@@ -109,6 +109,10 @@ def test_project_training_records_the_marked_preset_and_stores_its_copies(
     mark_for_training(ctx, "parts", "light")
     assert "“light”" in augmentation_words(ctx, "parts")
     assert f"{AUGMENTED_COPIES} augmented" in augmentation_words(ctx, "parts")
+    # the time the page forecasts counts the copies it will fit (4 train goods, the test good
+    # and the defect are held out)
+    forecast = training_setup(ctx, "parts").duration
+    assert f"(with {4 * AUGMENTED_COPIES} augmented copies)" in forecast
     off = request_training(ctx, "parts", shots=2, params=PARAMS, augmentation=None)
     assert "augmentation" not in get_model_version(ctx, off)["params"]
     with ctx.session() as s:  # only the last one is run here
