@@ -18,4 +18,4 @@ export KENSA_TEST_POSTGRES_URL KENSA_REQUIRE_POSTGRES=1
 # Redis for the job-queue tests (two workers sharing one queue); a missing one fails them.
 KENSA_TEST_REDIS_URL="$(bash .ci/redis.sh)"
 export KENSA_TEST_REDIS_URL KENSA_REQUIRE_REDIS=1
-exec python3 -m pytest -q "$@"
+exec python3 -m pytest -q --durations=25 "$@"
