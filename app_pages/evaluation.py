@@ -416,10 +416,11 @@ else:
     st.markdown("**What lighting, blur and noise do to good parts**")
     st.markdown("\n".join(f"- {plain(line)}" for line in robustness_sentences(rob)))
     fig = go.Figure()
-    strengths = sorted({x for line in robustness_lines(rob) for x in line["strength"]})
+    rob_lines = robustness_lines(rob)
+    strengths = sorted({x for line in rob_lines for x in line["strength"]})
     # eleven lines: a colour-blind-safe colour each, a dash per group, the legend by group
     dashes = dict(zip(GROUP_TITLES, ("solid", "dash", "dot"), strict=False))
-    for line, colour in zip(robustness_lines(rob), ROBUSTNESS_COLOURS * 2, strict=False):
+    for line, colour in zip(rob_lines, ROBUSTNESS_COLOURS * 2, strict=False):
         fig.add_trace(go.Scatter(x=line["strength"], y=line["max"], mode="lines+markers",
                                  name=line["name"], customdata=line["mean"],
                                  line={"color": colour,

@@ -95,43 +95,24 @@ def shoot(home: Path, shots: list[tuple[str, dict[str, Any]]]) -> None:
     """Full-page screenshots of the page on each pick; adds the page's own numbers."""
     from urllib.parse import quote
 
-    from playwright.sync_api import sync_playwright
+    from bench._common import workbench_page
+    from tests.e2e.test_browser import _settled, _shot
 
-    from tests.e2e.test_browser import (
-        CHROMIUM,
-        CHROMIUM_ARGS,
-        _settled,
-        _shot,
-        _start,
-        _stop,
-        _wait_healthy,
-    )
-
-    log = home / "streamlit.log"
-    url, proc = _start(home, log)
-    try:
-        _wait_healthy(url, proc, log)
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(180_000)
-            for project, pick in shots:
-                page.goto(f"{url}/explainability?project={quote(project)}"
-                          f"&image={pick['sha256']}")
-                heading = page.get_by_role("heading", name=f"Explainability · {project}")
-                heading.wait_for()
-                verdict = page.locator('[data-testid="stMainBlockContainer"] h3').filter(
-                    has_text="threshold").first
-                verdict.wait_for()
-                pick["page_verdict"] = verdict.inner_text().strip()
-                page.get_by_role("heading", name="Downloads").wait_for()
-                _settled(page)
-                pick["page_exception"] = page.locator('[data-testid="stException"]').count()
-                name = f"explain-{pick['dataset'].replace('_', '-')}-{pick['case']}"
-                pick["screenshot"] = str(_shot(page, name).relative_to(ROOT))
-            browser.close()
-    finally:
-        _stop(proc)
+    with workbench_page(home) as (url, page):
+        for project, pick in shots:
+            page.goto(f"{url}/explainability?project={quote(project)}"
+                      f"&image={pick['sha256']}")
+            heading = page.get_by_role("heading", name=f"Explainability · {project}")
+            heading.wait_for()
+            verdict = page.locator('[data-testid="stMainBlockContainer"] h3').filter(
+                has_text="threshold").first
+            verdict.wait_for()
+            pick["page_verdict"] = verdict.inner_text().strip()
+            page.get_by_role("heading", name="Downloads").wait_for()
+            _settled(page)
+            pick["page_exception"] = page.locator('[data-testid="stException"]').count()
+            name = f"explain-{pick['dataset'].replace('_', '-')}-{pick['case']}"
+            pick["screenshot"] = str(_shot(page, name).relative_to(ROOT))
 
 
 def explain_numbers(home: Path, project: str, pick: dict[str, Any]) -> None:

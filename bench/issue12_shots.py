@@ -208,17 +208,8 @@ def _section(page: Any, heading: str, name: str) -> Path:
 
 def shoot(home: Path, stress_projects: list[tuple[str, str]], synthetic: str | None,
           augmentation: str | None) -> dict[str, Any]:
-    from playwright.sync_api import sync_playwright
-
-    from tests.e2e.test_browser import (
-        CHROMIUM,
-        CHROMIUM_ARGS,
-        _settled,
-        _shot,
-        _start,
-        _stop,
-        _wait_healthy,
-    )
+    from bench._common import workbench_page
+    from tests.e2e.test_browser import _settled, _shot
 
     shots: dict[str, Any] = {}
 
@@ -226,45 +217,35 @@ def shoot(home: Path, stress_projects: list[tuple[str, str]], synthetic: str | N
         shots[key] = {"file": str(path.relative_to(ROOT)),
                       "exceptions": page.locator('[data-testid="stException"]').count()}
 
-    log = home / "streamlit.log"
-    url, proc = _start(home, log)
-    try:
-        _wait_healthy(url, proc, log)
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(180_000)
-            for dataset, project in stress_projects:
-                page.goto(f"{url}/evaluation?project={quote(project)}")
-                page.get_by_role("heading", name=f"Evaluation · {project}").wait_for()
-                page.get_by_text("Smallest defect it catches", exact=True).wait_for()
-                _settled(page)
-                page.locator('[data-testid="stPlotlyChart"]').last.wait_for()
-                slug = dataset.replace("_", "-")
-                done(page, f"stress-{slug}", _shot(page, f"issue12-stress-{slug}"))
-                done(page, f"stress-{slug}-section",
-                     _section(page, "Stress test", f"issue12-stress-{slug}-section"))
-            if synthetic:
-                page.goto(f"{url}/evaluation?project={quote(synthetic)}")
-                page.get_by_role("heading", name=f"Evaluation · {synthetic}").wait_for()
-                page.get_by_role("heading", name="Worst mistakes at this threshold").wait_for()
-                _settled(page)
-                done(page, "synthetic-threshold", _shot(page, "issue12-synthetic-threshold"))
-            if augmentation:
-                page.goto(f"{url}/augmentation?project={quote(augmentation)}")
-                page.get_by_role("heading", name=f"Augmentation · {augmentation}").wait_for()
-                page.get_by_text("After", exact=True).first.wait_for()
-                _settled(page)
-                page.locator('[data-testid="stSelectbox"]').filter(
-                    has=page.get_by_text("Saved settings", exact=True)).click()
-                page.get_by_role("option", name=re.compile(re.escape(PRESET))).click()
-                page.get_by_text(re.compile(f"Loaded “{re.escape(PRESET)}”")).wait_for()
-                page.get_by_text(re.compile("^Stain")).first.wait_for()  # per-image changes
-                _settled(page)
-                done(page, "augmentation", _shot(page, "issue12-augmentation"))
-            browser.close()
-    finally:
-        _stop(proc)
+    with workbench_page(home) as (url, page):
+        for dataset, project in stress_projects:
+            page.goto(f"{url}/evaluation?project={quote(project)}")
+            page.get_by_role("heading", name=f"Evaluation · {project}").wait_for()
+            page.get_by_text("Smallest defect it catches", exact=True).wait_for()
+            _settled(page)
+            page.locator('[data-testid="stPlotlyChart"]').last.wait_for()
+            slug = dataset.replace("_", "-")
+            done(page, f"stress-{slug}", _shot(page, f"issue12-stress-{slug}"))
+            done(page, f"stress-{slug}-section",
+                 _section(page, "Stress test", f"issue12-stress-{slug}-section"))
+        if synthetic:
+            page.goto(f"{url}/evaluation?project={quote(synthetic)}")
+            page.get_by_role("heading", name=f"Evaluation · {synthetic}").wait_for()
+            page.get_by_role("heading", name="Worst mistakes at this threshold").wait_for()
+            _settled(page)
+            done(page, "synthetic-threshold", _shot(page, "issue12-synthetic-threshold"))
+        if augmentation:
+            page.goto(f"{url}/augmentation?project={quote(augmentation)}")
+            page.get_by_role("heading", name=f"Augmentation · {augmentation}").wait_for()
+            page.get_by_text("After", exact=True).first.wait_for()
+            _settled(page)
+            page.locator('[data-testid="stSelectbox"]').filter(
+                has=page.get_by_text("Saved settings", exact=True)).click()
+            page.get_by_role("option", name=re.compile(re.escape(PRESET))).click()
+            page.get_by_text(re.compile(f"Loaded “{re.escape(PRESET)}”")).wait_for()
+            page.get_by_text(re.compile("^Stain")).first.wait_for()  # per-image changes
+            _settled(page)
+            done(page, "augmentation", _shot(page, "issue12-augmentation"))
     return shots
 
 

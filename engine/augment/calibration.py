@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
 from engine.augment.synthetic import FlatImageError, SyntheticDefect, inject
+from engine.explain.overlay import encode_png
 
 #: Kinds painted, in turn (entry n gets ``CALIBRATION_KINDS[n % 3]``).
 CALIBRATION_KINDS: tuple[str, ...] = ("perlin", "cutpaste", "scar")
@@ -61,13 +61,8 @@ def png_bytes(image: np.ndarray) -> bytes:
     """Lossless PNG of an RGB uint8 image, or of a 2-D mask (nonzero written as 255).
 
     Lossless, so the file decodes to exactly the pixels that were scored and its sha256 names
-    them.
+    them. The encoding is the explain package's (:func:`engine.explain.overlay.encode_png`).
     """
     if image.ndim == 2:
-        data = np.where(image > 0, 255, 0).astype(np.uint8)
-    else:
-        data = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(".png", data)
-    if not ok:  # pragma: no cover - cv2 encodes any uint8 array
-        raise RuntimeError("could not encode a PNG")
-    return encoded.tobytes()
+        image = np.where(image > 0, 255, 0).astype(np.uint8)
+    return encode_png(np.ascontiguousarray(image))
