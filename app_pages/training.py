@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from services.training.setup import (
+    COLOUR_CHOICES,
     IMAGE_SIZE_RANGE,
     IMAGE_SIZE_STEP,
     SEED_MAX,
@@ -100,6 +101,20 @@ with right:
     if by_name[backbone].needs_network:
         st.warning("This backbone downloads its weights from the internet the first time. "
                    "On a computer without internet access the training will fail.")
+    colour = st.radio(
+        "Colour", list(COLOUR_CHOICES), format_func=COLOUR_CHOICES.get, key="tr_colour",
+        help="Some products come in several colours that are all good. 'Decide' compares the "
+             "colours of the good images: when they differ, the model looks at brightness "
+             "only, so a good part in a colour it has not seen is not rejected; when they "
+             "agree (or there is one image), a discoloured part still counts as a defect.",
+    )
+    any_angle = st.checkbox(
+        "Parts can lie at any angle", key="tr_any_angle",
+        help="For parts placed loosely under the camera (screws, nuts, washers): the model "
+             "also remembers the good images turned in 30° steps, so a turned good part is "
+             "not rejected. Leave it off when parts are always placed the same way: a part "
+             "lying wrongly is then caught, and training is faster (about 3 times less work).",
+    )
 
 st.caption(setup.augmentation)
 st.page_link(AUGMENTATION_PAGE, label="Choose augmentation on the Augmentation page",
@@ -113,7 +128,8 @@ if st.button("Train", type="primary", icon=":material/play_arrow:", disabled=bus
              help="Training runs in the background: you can leave this page meanwhile."):
     try:
         run_id = start_training(ctx, name, shots=shots, seed=seed, backbone=backbone,
-                                image_size=int(image_size))
+                                image_size=int(image_size), colour=colour,
+                                any_angle=any_angle)
     except (ValueError, LookupError, OSError) as exc:
         st.error(f"Training could not start: {plain(exc)}")
     else:
@@ -197,3 +213,93 @@ def _live(watched: tuple[int, ...]) -> None:
 
 watched = tuple(run["id"] for run in setup.active)
 st.fragment(_live, run_every=1.0 if watched else None)(watched)
+
+
+# --------------------------------------------------------------------------- export
+def _export_section() -> None:
+    """Export the newest finished model as files for a production PC (a job: tens of
+    seconds), then download them as a zip with the parity figure in words."""
+    from services.inference.export import (
+        FORMAT_TITLES,
+        export_archive,
+        export_job,
+        export_target,
+        request_export,
+    )
+    from services.jobs.api import cancel as cancel_job
+
+    st.subheader("Export the model", anchor=False)
+    target = export_target(ctx, name)
+    if target is None:
+        st.caption("Once a training has finished, its model can be exported here.")
+        return
+    if not target["exportable"]:
+        st.info(f"{target['label']} is {target['algorithm']}; export covers Kensa's own model "
+                "only so far.")
+        return
+    mv_id, label = target["model_version_id"], target["label"]
+    st.markdown(f"Files of **{label}** for inspection outside Kensa: OpenVINO for Intel CPUs, "
+                "ONNX for other runtimes. Before they are offered, the files are checked on "
+                "the images held out from training: their scores must match Kensa's within "
+                "0.001 (on the 0–1 scale where the threshold is 0.5), or the export is refused.")
+    left, right = st.columns(2)
+    fmt = left.radio("Format", list(FORMAT_TITLES), format_func=FORMAT_TITLES.get,
+                     horizontal=True, key="tr_export_format")
+    fp16 = right.checkbox("FP16 (half-size OpenVINO file)", key="tr_export_fp16",
+                          disabled=fmt != "openvino",
+                          help="Weights and memory bank in half precision: about half the "
+                               "size; refused like any export when its scores move too much.")
+    job = export_job(ctx, name, mv_id)
+    running = job is not None and job["status"] in ("queued", "running")
+    if st.button("Export", icon=":material/download:", disabled=running,
+                 key=f"tr_export_{mv_id}",
+                 help="Runs in the background (about half a minute); nothing is changed."):
+        try:
+            request_export(ctx, name, fmt, fp16=fp16 and fmt == "openvino",
+                           model_version_id=mv_id)
+        except (ValueError, LookupError, OSError) as exc:
+            st.error(f"The export cannot start: {plain(exc)}")
+        else:
+            st.rerun()
+
+    def _panel() -> None:
+        now = export_job(ctx, name, mv_id)
+        if now is None:
+            return
+        if now["status"] in ("queued", "running"):
+            stage = now["stage"] or "waiting for a worker"
+            st.progress(min(max(float(now["progress"]), 0.0), 1.0),
+                        text=f"Export: {plain(stage)} · {now['progress']:.0%}")
+            if now["cancel_requested"]:
+                st.caption("Cancel requested: the export stops after the current step.")
+            elif st.button("Cancel the export", key=f"tr_export_cancel_{now['id']}",
+                           icon=":material/stop:"):
+                cancel_job(ctx, now["id"])
+                st.rerun(scope="fragment")
+        elif running:  # it ended since the page was drawn: draw the download
+            st.rerun()
+        elif now["status"] == "failed":
+            st.error(f"The last export failed: {plain(now['error'] or 'no reason given')}")
+        elif now["status"] == "cancelled":
+            st.caption("The last export was cancelled.")
+        elif now["status"] == "done":
+            result = now["result"] or {}
+            title = FORMAT_TITLES.get(result.get("format"), "?") + (
+                " FP16" if result.get("fp16") else "")
+            st.success(f"{title} export of {label}: on {result['n_images']} held-out "
+                       f"image(s) its scores differ from Kensa's by at most "
+                       f"{result['parity_max_abs_diff']:.1e} (allowed: 1e-3).")
+            try:
+                file_name, data = export_archive(ctx, result)
+            except (ValueError, OSError) as exc:
+                st.warning(plain(exc))
+            else:
+                st.download_button(f"Download the {title} files (zip, "
+                                   f"{len(data) / 2**20:.1f} MB)", data, file_name=file_name,
+                                   mime="application/zip", icon=":material/download:",
+                                   key=f"tr_export_zip_{now['id']}")
+
+    st.fragment(_panel, run_every=1.0 if running else None)()
+
+
+_export_section()

@@ -3,6 +3,7 @@
     python bench/fewshot.py --data DIR --shots 1,4,16 --seeds 0,1,2 [--baseline anomalib]
                             [--json FILE] [--set image_size=384 ...]
                             [--preset FILE [--copies 2] [--only-preset]]
+                            [--before key=value ...]
 
 For every (shots, seed) the seed picks that many ``train/good`` images (the same ones for both
 methods); each method is fitted and tested on the whole test split in a fresh subprocess so that
@@ -12,6 +13,10 @@ methods); each method is fitted and tested on the whole test split in a fresh su
 preset's ``{"kensa": ...}``) adds the method ``kensa_preset``: the same shots plus ``--copies``
 augmented copies of each, made by ``engine.augment.augmented_copies`` exactly as a project
 training with that preset marked does (copies flagged so the flip/rotation rule counts shots).
+
+``--before key=value`` (repeatable) adds the method ``kensa_before``: Kensa with those overrides,
+e.g. the previous defaults (``--before colour=rgb``), so that a change of defaults is measured
+against what it replaces in the same run, on the same shots and the same machine load.
 """
 
 from __future__ import annotations
@@ -77,7 +82,6 @@ def run_worker(args: argparse.Namespace) -> dict[str, object]:
     from engine.backbones import build_classifier
     from engine.data import discover, load_image, load_mask
     from engine.metrics import image_metrics, pixel_metrics
-    from engine.models.preprocess import to_tensor
 
     data = Path(args.data)
     index = discover(data, validate=False)
@@ -86,7 +90,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, object]:
     tests = (stratified_tests(index, *args.subset) if args.subset
              else index.select(split="test"))
     overrides = parse_overrides(args.set or [])
-    if args.method in ("kensa", "kensa_preset"):
+    if args.method in ("kensa", "kensa_preset", "kensa_before"):
         from engine.models.fewshot import FewShotConfig, FewShotPatchCore
 
         if args.exact_coreset:  # the single exact greedy pass (before issue 9), for comparison
@@ -130,8 +134,8 @@ def run_worker(args: argparse.Namespace) -> dict[str, object]:
         started = time.perf_counter()
         result = model.score([image])
         score_s += time.perf_counter() - started
-        if long_side is not None:
-            tensor = to_tensor(image, long_side)
+        if long_side is not None:  # the size the model works at (its scale rule)
+            tensor = model.working_tensor(image)
         else:
             tensor = model._prepare(image).cpu()
         started = time.perf_counter()
@@ -188,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --preset, run only kensa_preset (plain rows from another run)")
     parser.add_argument("--subset", type=int, nargs=2, metavar=("GOODS", "PER_TYPE"),
                         help="score a fixed stratified test subset (e.g. 60 24) instead of all")
+    parser.add_argument("--before", action="append", default=[],
+                        help="also run kensa_before: Kensa with this override (key=value)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", default="kensa", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -196,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         args.shots = int(args.shots)
         print(json.dumps(run_worker(args)))
         return 0
-    methods = ([] if args.only_preset else ["kensa"]) + ([args.baseline] if args.baseline else [])
+    methods = (([] if args.only_preset else ["kensa"]) + (["kensa_before"] if args.before else [])
+               + ([args.baseline] if args.baseline else []))
     if args.preset:
         methods.append("kensa_preset")
     rows: list[dict[str, object]] = []
@@ -206,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = [sys.executable, str(ROOT / "bench" / "fewshot.py"), "--worker",
                        "--data", args.data, "--shots", str(shots), "--seed", str(seed),
                        "--method", method]
-                for item in (args.set or []) if method.startswith("kensa") else []:
+                items = (args.before if method == "kensa_before"
+                         else (args.set or []) if method.startswith("kensa") else [])
+                for item in items:
                     cmd += ["--set", item]
                 if method == "kensa_preset":
                     cmd += ["--preset", str(Path(args.preset).resolve()),

@@ -53,23 +53,30 @@ class PatchFeatureExtractor(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images [B,3,H,W], got {tuple(images.shape)}")
         x = (images - self.mean) / self.std
-        fine, coarse = self.network(x)
-        fine, coarse = self.pool(fine), self.pool(coarse)
-        if self.align_coarse:
-            coarse = upsample_onto_fine(coarse, fine.shape[-2:])
-        else:
-            coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear",
-                                   align_corners=False)
+        fine, *coarser = (self.pool(stage) for stage in self.network(x))
+        strides = self.network.feature_info.reduction()
+        stages = [fine]
+        for stride, coarse in zip(strides[1:], coarser, strict=True):
+            if self.align_coarse:
+                coarse = upsample_onto_fine(coarse, fine.shape[-2:], stride // strides[0])
+            else:
+                coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear",
+                                       align_corners=False)
+            stages.append(coarse)
         if self.normalization == "instance":
-            fine, coarse = F.instance_norm(fine), F.instance_norm(coarse)
+            stages = [F.instance_norm(stage) for stage in stages]
         elif self.normalization == "layer":
-            fine = F.layer_norm(fine.movedim(1, -1), fine.shape[1:2]).movedim(-1, 1)
-            coarse = F.layer_norm(coarse.movedim(1, -1), coarse.shape[1:2]).movedim(-1, 1)
-        return torch.cat([fine, coarse], dim=1)
+            stages = [F.layer_norm(stage.movedim(1, -1), stage.shape[1:2]).movedim(-1, 1)
+                      for stage in stages]
+        return torch.cat(stages, dim=1)
 
 
-def upsample_onto_fine(coarse: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def upsample_onto_fine(coarse: torch.Tensor, size: tuple[int, int], ratio: int = 2
+                       ) -> torch.Tensor:
     """Stride-16 map [B,C,h,w] onto the stride-8 grid ``size``: coarse cell j on fine cell 2j.
+
+    ``ratio`` is the coarse stage's stride over the fine one's (4 for a stride-32 stage); the
+    rule below holds for any ratio with ``ratio`` in place of 2.
 
     Both stages pad symmetrically, so coarse cell j and fine cell 2j are centred on the same
     pixel (16j); fine cell i therefore reads the coarse map at i / 2 (bilinear, last cell held).
@@ -79,7 +86,7 @@ def upsample_onto_fine(coarse: torch.Tensor, size: tuple[int, int]) -> torch.Ten
     out = coarse
     for dim, n in ((2, int(size[0])), (3, int(size[1]))):
         m = out.shape[dim]
-        src = (torch.arange(n, dtype=torch.float32, device=out.device) / 2).clamp(max=m - 1)
+        src = (torch.arange(n, dtype=torch.float32, device=out.device) / ratio).clamp(max=m - 1)
         lo = src.floor().long()
         hi = (lo + 1).clamp(max=m - 1)
         w = (src - lo).to(out.dtype)

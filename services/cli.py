@@ -17,6 +17,7 @@ Projects (database under ``KENSA_HOME``, or ``DATABASE_URL``; the schema is upgr
     python -m services.cli drift NAME [--json] [--no-embedding] [--no-store]
     python -m services.cli detectability NAME [--model-id N] [--json]
     python -m services.cli robustness NAME [--model-id N] [--json]
+    python -m services.cli export NAME --format openvino|onnx [--fp16] [--model N] [--json]
     python -m services.cli review NAME --batch B --image SHA --verdict good|defect --by WHO
     python -m services.cli rollback NAME --to VERSION
     python -m services.cli threshold set NAME VALUE
@@ -25,7 +26,7 @@ Projects (database under ``KENSA_HOME``, or ``DATABASE_URL``; the schema is upgr
     python -m services.cli worker [--workers N]
 
 Long commands (project create, train NAME, score NAME, update-bank, detectability,
-robustness) run as jobs: a row in
+robustness, export) run as jobs: a row in
 ``jobs`` with progress, heartbeat and Cancel (``jobs cancel ID`` from another terminal), run
 in this process with a progress bar, or queued for a worker with ``--background``.
 
@@ -418,6 +419,33 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """ONNX or OpenVINO files of a model, kept only when their normalized scores match the
+    app's on the held-out images within 1e-3 (else refused, naming the worst image)."""
+    from services.inference.export import KIND, export_request
+
+    ctx = _ctx()
+    payload = export_request(ctx, args.name, args.format, args.fp16, args.model)
+    result = _run_job(args, KIND, payload, project_id=payload["project_id"], ctx=ctx)
+    if result is None:
+        return 0
+    keys = ("project", "model_label", "model_version_id", "bank_version", "format", "fp16",
+            "folder", "main_file", "files", "parity_max_abs_diff", "parity_worst_image",
+            "n_images", "n_other_size", "input", "threshold")
+    folder = ctx.resolve(result["folder"])
+    lines = [f"{result['model_label']} exported as {args.format}"
+             + (" FP16" if args.fp16 else "") + f" to {folder}",
+             *(f"  {name}  sha256 {digest[:12]}…" for name, digest in
+               sorted(result["files"].items())),
+             result["message"]]
+    if result["n_other_size"]:
+        lines.append(f"{result['n_other_size']} held-out image(s) of another size were not "
+                     f"checked: the file takes {result['input']['shape'][2]}x"
+                     f"{result['input']['shape'][3]} only")
+    _print({k: result[k] for k in keys}, args.json, "\n".join(lines))
+    return 0
+
+
 def cmd_review(args: argparse.Namespace) -> int:
     """A person's verdict on one image of a lot, stored with who and when (as on the page)."""
     from services.inference.lots import review, when
@@ -674,6 +702,17 @@ def build_parser() -> argparse.ArgumentParser:
                      "brighter, darker, gamma, uneven_light, shadow, blur, motion_blur, "
                      "defocus, noise, sensor_noise, jpeg)")
     rob.set_defaults(func=cmd_robustness)
+
+    exp = add("export", help="export a model as ONNX or OpenVINO, checked against the app")
+    exp.add_argument("name")
+    exp.add_argument("--format", required=True, choices=["openvino", "onnx"])
+    exp.add_argument("--fp16", action="store_true",
+                     help="OpenVINO weights and bank in half precision (refused if the check "
+                          "fails)")
+    exp.add_argument("--model", type=int, default=None, metavar="N",
+                     help="Model N as the pages number them (default: the model in use)")
+    exp.add_argument("--background", action="store_true", help=BACKGROUND_HELP)
+    exp.set_defaults(func=cmd_export)
 
     rev = add("review", help="confirm or overrule the verdict on one image of a lot")
     rev.add_argument("name")

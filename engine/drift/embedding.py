@@ -152,20 +152,18 @@ def model_patch_features(model: Any, images: Sequence[np.ndarray]
     """Patch features the model itself sees, one block per image: (vectors [N, D], image
     index per row). The plain view only (no flips), at the model's working size.
 
-    Needs a model with ``embed(tensors, views)`` and ``config.image_size`` (Kensa's
+    Needs a model with ``embed(tensors, views)`` and ``working_tensor(image)`` (Kensa's
     few-shot PatchCore); any other raises TypeError, and the caller reports embedding drift
     as not computed rather than guessing at a model's internals.
     """
     embed = getattr(model, "embed", None)
-    size = getattr(getattr(model, "config", None), "image_size", None)
-    if embed is None or size is None:
+    working_tensor = getattr(model, "working_tensor", None)
+    if embed is None or working_tensor is None:
         raise TypeError("this model does not expose its patch features")
     import torch
 
-    from engine.models.preprocess import to_tensor
-
     with torch.no_grad():
-        tensors = [to_tensor(image, int(size)) for image in images]
+        tensors = [working_tensor(image) for image in images]
         vectors, provenance = embed(tensors, [(0, False)])
     return (vectors.float().cpu().numpy().astype(np.float32),
             provenance[:, 0].cpu().numpy().astype(np.int64))

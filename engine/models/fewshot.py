@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import cv2
 import numpy as np
@@ -29,7 +29,14 @@ from engine.coreset import CANDIDATE_FACTOR, CHUNK_ROWS, GreedyCoresetSampler
 from engine.device import pick_device
 from engine.features import Normalization, PatchFeatureExtractor
 from engine.memory_bank import BankIntegrityError, IncrementalMemoryBank, MemoryBank
-from engine.models.augment_views import ViewMode, grid_coordinates, iter_views, views_for
+from engine.models.augment_views import (
+    ViewMode,
+    angles_for,
+    apply_view,
+    grid_coordinates,
+    turned,
+    views_for,
+)
 from engine.models.base import (
     MODEL_FILE,
     Capability,
@@ -44,6 +51,7 @@ from engine.models.base import (
     read_verified,
     require,
 )
+from engine.models.colour import ColourMode, reads_gray, to_gray
 from engine.models.preprocess import (
     CELL_CENTRE,
     GRID_STRIDE,
@@ -51,6 +59,12 @@ from engine.models.preprocess import (
     resize_map,
     to_tensor,
 )
+
+#: "scale": how images are brought to the working size (see FewShotConfig.scale)
+ScaleMode = Literal["shared", "per_image"]
+#: with a shared scale, no image is worked on at more than this multiple of ``image_size``
+#: (an odd image much larger than the shots would otherwise cost memory and time)
+MAX_SIDE_FACTOR = 2
 
 BANK_FILE = "bank.safetensors"
 #: model.json layout: 2 = provenance records per (image, view); 1 (no key) = "images" by index.
@@ -67,11 +81,17 @@ class FewShotConfig:
     backbone: str = DEFAULT_BACKBONE
     image_size: int = 384
     views: ViewMode = "auto"
-    max_bank: int = 10_000
+    max_bank: int = 5_000
     n_neighbors: int = 1
     normalization: Normalization = "none"
     blur_sigma: float = 4.0
     match_intensity: bool = True
+    #: "auto": brightness only when the good shots disagree on colour (engine.models.colour)
+    colour: ColourMode = "auto"
+    #: "shared": one resize factor for every image (the shots' median long side -> image_size),
+    #: so a patch covers the same area of the part in every image; "per_image": every image's
+    #: long side -> image_size. The same when all images have one size, as on a line camera.
+    scale: ScaleMode = "shared"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -81,6 +101,10 @@ class FewShotConfig:
             raise ValueError(f"max_bank must be at least 100, got {self.max_bank}")
         if not 1 <= self.n_neighbors <= 16:
             raise ValueError(f"n_neighbors must be in [1, 16], got {self.n_neighbors}")
+        if self.scale not in ("shared", "per_image"):
+            raise ValueError(f"scale must be shared or per_image, got {self.scale!r}")
+        if self.colour not in ("auto", "rgb", "gray"):
+            raise ValueError(f"colour must be auto, rgb or gray, got {self.colour!r}")
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> FewShotConfig:
@@ -93,8 +117,14 @@ class FewShotConfig:
         return cls(**params)
 
 
-def view_name(view: tuple[int, bool]) -> str:
-    """``rot0``, ``rot90``, ..., ``rot270+flip``: how a provenance record names its view."""
+#: a view of a shot: (quarter turns, mirrored) or a turn in degrees (``views="any_angle"``)
+View = tuple[int, bool] | int
+
+
+def view_name(view: View) -> str:
+    """``rot0``, ``rot90``, ..., ``rot270+flip``, ``rot30``: how a provenance record names it."""
+    if isinstance(view, int):
+        return f"rot{view}"
     turns, flip = view
     return f"rot{90 * turns}" + ("+flip" if flip else "")
 
@@ -122,6 +152,11 @@ class FewShotState:
     n_shots: int = 0
     n_patches: int = 0
     intensity: tuple[float, float] = (0.45, 0.22)
+    #: the bank compares brightness only (decided at fit from ``config.colour`` and the shots)
+    gray: bool = False
+    #: working pixels per original pixel for every image (``config.scale`` "shared"); None:
+    #: each image's long side is scaled to ``config.image_size``
+    scale_factor: float | None = None
 
 
 class BankUpdate(NamedTuple):
@@ -180,12 +215,30 @@ class FewShotPatchCore:
         return 0 if self.bank is None else self.bank.dim
 
     # -- features -------------------------------------------------------------------------
+    def working_tensor(self, image: np.ndarray) -> torch.Tensor:
+        """An RGB uint8 image at the size the bank works at: [1,3,h,w] in [0,1]."""
+        return to_tensor(image, self.working_side(image))
+
+    def working_side(self, image: np.ndarray) -> int:
+        """The long side ``image`` is worked at (see ``FewShotConfig.scale``)."""
+        factor = self.state.scale_factor
+        if factor is None:
+            return self.config.image_size
+        side = round(max(image.shape[:2]) * factor)
+        return int(min(MAX_SIDE_FACTOR * self.config.image_size, max(64, side)))
+
     def _features(self, tensor: torch.Tensor) -> torch.Tensor:
         """[1,3,h,w] -> [1,D,h/8,w/8]."""
+        return self.extractor(self._prepare(tensor))
+
+    def _prepare(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The backbone's input: grey if the bank reads brightness only, intensity-matched."""
         tensor = tensor.to(self.device)
+        if self.state.gray:
+            tensor = to_gray(tensor)
         if self.config.match_intensity:
             tensor = self._match_intensity(tensor)
-        return self.extractor(tensor)
+        return tensor
 
     def _match_intensity(self, tensor: torch.Tensor) -> torch.Tensor:
         """Give every image the training shots' mean brightness and contrast.
@@ -212,16 +265,20 @@ class FewShotPatchCore:
         started = time.perf_counter()
         sources = _sources(images, sources)
         n_shots = sum(not s.augmented for s in sources) or len(images)  # copies are no parts
-        views = views_for(self.config.views, n_shots)
+        views = self._views(n_shots)
         plan = _FitPlan(len(images), len(views), self.config.max_bank)
+        shots = [im for im, s in zip(images, sources, strict=True) if not s.augmented] or images
+        gray = reads_gray(self.config.colour, shots)
+        self.state = FewShotState(self.config, scale_factor=shared_scale(self.config, shots))
         tensors = []
         for i, image in enumerate(images):  # a resize per image: hundreds take seconds
-            tensors.append(to_tensor(image, self.config.image_size))
+            tensors.append(self.working_tensor(image))
             if progress:
                 progress("preparing images", plan.prepare * (i + 1) / len(images))
-        self.state = FewShotState(self.config, n_shots=n_shots, intensity=(
-            float(np.mean([t.mean() for t in tensors])),
-            float(np.mean([t.std() for t in tensors]))))
+        shown = [to_gray(t) if gray else t for t in tensors]
+        self.state = FewShotState(self.config, n_shots=n_shots, gray=gray,
+                                  scale_factor=self.state.scale_factor, intensity=(
+            float(np.mean([t.mean() for t in shown])), float(np.mean([t.std() for t in shown]))))
         # the coreset's share follows from the real patch count, known once images are sized
         patches = sum((t.shape[-2] // GRID_STRIDE) * (t.shape[-1] // GRID_STRIDE)
                       for t in tensors) * len(views)
@@ -245,10 +302,13 @@ class FewShotPatchCore:
         return FitReport(len(images), int(all_vectors.shape[0]), len(bank),
                          time.perf_counter() - started)
 
+    def _views(self, n_shots: int) -> list[View]:
+        return [*views_for(self.config.views, n_shots), *angles_for(self.config.views)]
+
     def embed(
         self,
         tensors: Sequence[torch.Tensor],
-        views: list[tuple[int, bool]],
+        views: Sequence[View],
         first_id: int = 0,
         progress: ProgressFn | None = None,
         span: tuple[float, float] = (0.0, 0.8),
@@ -263,14 +323,25 @@ class FewShotPatchCore:
         provenance: list[torch.Tensor] = []
         for offset, tensor in enumerate(tensors):
             gh, gw = tensor.shape[-2] // GRID_STRIDE, tensor.shape[-1] // GRID_STRIDE
-            for v, (viewed, view) in enumerate(iter_views(tensor, views)):
-                feats = self._features(viewed)[0]  # [D,h',w']
-                vectors.append(feats.flatten(1).T.contiguous())
-                coords = view_provenance(gh, gw, view)
-                if coords.shape[0] != vectors[-1].shape[0]:
-                    raise RuntimeError(
-                        f"feature grid {tuple(feats.shape[1:])} does not match {gh}x{gw}"
-                    )
+            for v, view in enumerate(views):
+                if isinstance(view, int):  # a turn between quarter turns: fill cells left out
+                    # prepared first: the larger canvas must not change the intensity matching
+                    viewed, coords, keep = turned(self._prepare(tensor), view, GRID_STRIDE,
+                                                  CELL_CENTRE)
+                    feats = self.extractor(viewed.to(self.device))[0]  # [D,h',w']
+                else:
+                    viewed, coords, keep = apply_view(tensor, view), None, None
+                    feats = self._features(viewed)[0]
+                flat = feats.flatten(1).T
+                if coords is None:
+                    coords = view_provenance(gh, gw, view)
+                    if coords.shape[0] != flat.shape[0]:
+                        raise RuntimeError(
+                            f"feature grid {tuple(feats.shape[1:])} does not match {gh}x{gw}"
+                        )
+                else:
+                    flat, coords = flat[keep.to(flat.device)], coords[keep]
+                vectors.append(flat.contiguous())
                 record_id = first_id + offset * len(views) + v
                 ids = torch.full((coords.shape[0], 1), record_id, dtype=torch.int64)
                 provenance.append(torch.cat([ids, coords], dim=1))
@@ -300,8 +371,8 @@ class FewShotPatchCore:
         if first_id is None:
             first_id = max((r.id for r in self.records), default=-1) + 1
         used = {r.id for r in self.records}
-        views = views_for(self.config.views, max(1, self.state.n_shots))
-        tensors = [to_tensor(image, self.config.image_size) for image in images]
+        views = self._views(max(1, self.state.n_shots))
+        tensors = [self.working_tensor(image) for image in images]
         records = _records(images, tensors, sources, views, first_id)
         clash = used.intersection(r.id for r in records)
         if clash:
@@ -314,7 +385,8 @@ class FewShotPatchCore:
         grown = copy.copy(self)  # shares the extractor; bank and state are replaced, not mutated
         grown.bank = result.bank
         grown.state = FewShotState(self.config, [*self.records, *records], self.state.n_shots,
-                                   self.state.n_patches, self.state.intensity)
+                                   self.state.n_patches, self.state.intensity, self.state.gray,
+                                   self.state.scale_factor)
         return BankUpdate(grown, records, result.added, result.skipped, result.recoreset,
                           result.threshold)
 
@@ -323,7 +395,7 @@ class FewShotPatchCore:
         """kNN of every patch of one image: distances [h*w,k], indices [h*w,k], grid shape."""
         if self.bank is None:
             raise RuntimeError("the model has no memory bank yet: call fit() or load() first")
-        tensor = to_tensor(image, self.config.image_size)
+        tensor = self.working_tensor(image)
         feats = self._features(tensor)[0]
         grid = tuple(feats.shape[1:])
         result = self.bank.knn(feats.flatten(1).T, k=self.config.n_neighbors)
@@ -359,7 +431,7 @@ class FewShotPatchCore:
             raise RuntimeError("the model has no memory bank yet: call fit() or load() first")
         k = max(1, min(int(k), len(self.bank)))
         n = self.config.n_neighbors
-        tensor = to_tensor(image, self.config.image_size)
+        tensor = self.working_tensor(image)
         feats = self._features(tensor)[0]
         gh, gw = (int(v) for v in feats.shape[1:])
         result = self.bank.knn(feats.flatten(1).T, k=max(k, n))
@@ -384,9 +456,7 @@ class FewShotPatchCore:
         view); the maps are on each stage's own grid, taken from the same normalized,
         intensity-matched input that scoring uses.
         """
-        tensor = to_tensor(image, self.config.image_size).to(self.device)
-        if self.config.match_intensity:
-            tensor = self._match_intensity(tensor)
+        tensor = self._prepare(self.working_tensor(image))
         extractor = self.extractor
         info = extractor.network.feature_info
         with torch.inference_mode():
@@ -415,6 +485,8 @@ class FewShotPatchCore:
             "n_shots": self.state.n_shots,
             "n_patches": self.state.n_patches,
             "intensity": list(self.state.intensity),
+            "gray": self.state.gray,
+            "scale_factor": self.state.scale_factor,
             "feature_alignment": FEATURE_ALIGNMENT if self.extractor.align_coarse else None,
             "bank_file": BANK_FILE,
             "bank_sha256": bank_sha,
@@ -440,7 +512,9 @@ class FewShotPatchCore:
             records, n_shots = _stored_records(payload, directory)
             model.state = FewShotState(model.config, records, n_shots,
                                        int(require(payload, "n_patches", directory)),
-                                       tuple(payload.get("intensity", (0.45, 0.22))))
+                                       tuple(payload.get("intensity", (0.45, 0.22))),
+                                       bool(payload.get("gray", False)),
+                                       _scale_factor(payload.get("scale_factor")))
         except ModelStateError:
             raise
         except (TypeError, ValueError, KeyError) as exc:
@@ -462,6 +536,28 @@ class FewShotPatchCore:
         except BankIntegrityError as exc:
             raise ModelStateError(str(exc)) from None
         return model
+
+
+def shared_scale(config: FewShotConfig, shots: Sequence[np.ndarray]) -> float | None:
+    """Working pixels per original pixel shared by every image, or None (``per_image``).
+
+    The shots' median long side goes to ``image_size``: crops of different sizes (parts cut out
+    of a larger picture, tiles of several formats) then keep one physical scale, instead of a
+    small crop being magnified and a large one shrunk until their textures no longer match.
+    """
+    if config.scale == "per_image" or not shots:
+        return None
+    return config.image_size / float(np.median([max(im.shape[:2]) for im in shots]))
+
+
+def _scale_factor(value: Any) -> float | None:
+    """model.json's ``scale_factor``: absent/None for banks built before shared scaling."""
+    if value is None:
+        return None
+    factor = float(value)
+    if not 0 < factor < 100:
+        raise ValueError(f"scale_factor must be a positive factor, got {value!r}")
+    return factor
 
 
 @dataclass(frozen=True)
@@ -520,7 +616,7 @@ def _sources(images: Sequence[np.ndarray], sources: Sequence[ImageSource] | None
 
 
 def _records(images: Sequence[np.ndarray], tensors: Sequence[torch.Tensor],
-             sources: Sequence[ImageSource], views: list[tuple[int, bool]], first_id: int
+             sources: Sequence[ImageSource], views: Sequence[View], first_id: int
              ) -> list[ProvenanceRecord]:
     """One record per (image, view), numbered exactly as :meth:`FewShotPatchCore.embed` does."""
     out = []

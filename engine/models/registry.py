@@ -60,8 +60,9 @@ register(ModelSpec(
                             Capability.NEAREST_PATCHES}),
     default_config={
         "backbone": "efficientnet_lite0", "image_size": 384, "views": "auto",
-        "max_bank": 10_000, "n_neighbors": 1, "normalization": "none", "blur_sigma": 4.0,
-        "match_intensity": True, "seed": 0,
+        "max_bank": 5_000, "n_neighbors": 1, "normalization": "none", "blur_sigma": 4.0,
+        "match_intensity": True, "colour": "auto", "scale": "shared",
+        "seed": 0,
     },
     target="engine.models.fewshot:FewShotPatchCore",
 ))

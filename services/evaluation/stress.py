@@ -37,7 +37,12 @@ from engine.imaging import shrink_to_fit
 from engine.models import registry
 from services.context import Kensa
 from services.data.projects import active_model_version, require_project
-from services.inference.batches import ActiveModel, load_model, rules_of, validation_batch_name
+from services.inference.batches import (
+    ActiveModel,
+    active_state_of,
+    load_model,
+    validation_batch_name,
+)
 from services.wording import model_name, model_numbers
 
 KIND = "stress_test"
@@ -81,15 +86,10 @@ def _model_version(session: Any, project: Project, model_version_id: int | None)
 
 def _active_state(ctx: Kensa, session: Any, mv: ModelVersion) -> ActiveModel:
     """The model version's active state and threshold, as scoring would use them."""
-    state = repo.get_active_state_version(session, mv.id)
-    threshold = repo.get_active_threshold(session, state.id) if state else None
-    if state is None or not state.files or threshold is None or mv.artifact_dir is None:
+    active = active_state_of(ctx, session, mv)
+    if active is None:
         raise LookupError(f"model id {mv.id} has no active state to test")
-    rule, calibration = rules_of(threshold)
-    model_dir = ctx.resolve(mv.artifact_dir)
-    return ActiveModel(mv.project_id, mv.id, model_dir, state.id, state.version,
-                       state.state_format, ctx.resolve(state.directory) or model_dir,
-                       dict(state.files), threshold.id, rule, calibration)
+    return active
 
 
 def _input_side(mv: ModelVersion) -> int | None:

@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import db.repositories as repo
-from db.models import Project, Threshold
+from db.models import ModelVersion, Project, Threshold
 from engine.models import AnomalyModel, registry
 from services.context import Kensa
 from services.data.names import clean_name, lookup_name
@@ -115,6 +115,20 @@ class LoadedModel:
     state_digest: str
 
 
+def active_state_of(ctx: Kensa, session: Session, mv: ModelVersion) -> ActiveModel | None:
+    """Active state + threshold of one model version as scoring would use them; None when it
+    has none (the caller says why in its own words)."""
+    state = repo.get_active_state_version(session, mv.id)
+    threshold = repo.get_active_threshold(session, state.id) if state else None
+    if state is None or not state.files or threshold is None or mv.artifact_dir is None:
+        return None
+    rule, calibration = rules_of(threshold)
+    model_dir = ctx.resolve(mv.artifact_dir)
+    return ActiveModel(mv.project_id, mv.id, model_dir, state.id, state.version,
+                       state.state_format, ctx.resolve(state.directory) or model_dir,
+                       dict(state.files), threshold.id, rule, calibration)
+
+
 def active_model(ctx: Kensa, session: Session, project: Project) -> ActiveModel:
     """Active bank + threshold of the project's newest finished model version."""
     mv = active_model_version(session, project.id)
@@ -122,17 +136,10 @@ def active_model(ctx: Kensa, session: Session, project: Project) -> ActiveModel:
         raise LookupError(
             f"project {project.name!r} has no trained model yet; run `train {project.name}`"
         )
-    state = repo.get_active_state_version(session, mv.id)
-    threshold = repo.get_active_threshold(session, state.id) if state else None
-    if state is None or not state.files or threshold is None:
+    active = active_state_of(ctx, session, mv)
+    if active is None:
         raise LookupError(f"model version {mv.id} of {project.name!r} has no active state")
-    rule, calibration = rules_of(threshold)
-    model_dir = ctx.resolve(mv.artifact_dir)
-    return ActiveModel(
-        project.id, mv.id, model_dir, state.id, state.version, state.state_format,
-        ctx.resolve(state.directory) or model_dir, dict(state.files), threshold.id, rule,
-        calibration,
-    )  # fmt: skip
+    return active
 
 
 def get_active_model(ctx: Kensa, name: str) -> ActiveModel:

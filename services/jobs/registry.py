@@ -249,3 +249,24 @@ def selftest_markers(home: Path, job_id: int) -> list[Path]:
 
 
 register(JobKind("selftest", "worker self-test", _selftest))
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _export(ctx: Kensa, job: JobInfo, report: Report) -> dict[str, Any]:
+    """ONNX / OpenVINO files of one model version, kept only when they match the app on its
+    held-out images (tens of seconds: a trace, a conversion and two scorings of each)."""
+    from services.inference.export import export_model
+
+    p = job.payload
+    return export_model(ctx, p["name"], p["format"], fp16=bool(p.get("fp16")),
+                        model_version_id=p["model_version_id"], progress=report)
+
+
+def _export_store(result: dict[str, Any]) -> dict[str, Any]:
+    """The job row keeps what the page's download needs, not the manifest's score lists."""
+    return {k: v for k, v in result.items() if k != "normal_scores"}
+
+
+register(JobKind("export", "export", _export, _export_store))

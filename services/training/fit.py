@@ -584,6 +584,8 @@ def train_model(
     report("choosing the threshold", 0.99)
     threshold, metrics = choose_threshold(validation)
     metrics.update(validation_pixel_metrics(validation))
+    if getattr(getattr(model, "state", None), "gray", False):  # what colour="auto" decided
+        metrics["colour_ignored"] = 1.0
     return TrainOutcome(model, algorithm, params, [str(r.path) for r, _, _ in train], fit,
                         validation, threshold, {k: float(v) for k, v in metrics.items()}, skipped,
                         sources, summary)

@@ -48,6 +48,13 @@ STUCK_RUNNING_S = 30
 #: rate is mostly start-up and the estimate would jump around).
 ETA_MIN_PROGRESS, ETA_MIN_ELAPSED_S = 0.03, 5.0
 IMAGE_SIZE_STEP = 32
+#: the colour setting's choices, worded for the Training page (engine.models.colour decides
+#: "auto" from the good images)
+COLOUR_CHOICES = {
+    "auto": "Decide from the good images (recommended)",
+    "rgb": "Colour matters: a part in another colour is a defect",
+    "gray": "Ignore colour: good parts come in several colours",
+}
 SEED_MAX = 999_999
 #: Good images that must stay out of training when there are no defect images, so that the
 #: threshold can be set from the spread of held-out good scores (mean + 3 sigma needs two).
@@ -261,7 +268,7 @@ def training_setup(ctx: Kensa, name: str) -> TrainingSetup:
 
 
 def start_training(ctx: Kensa, name: str, *, shots: int | None, seed: int, backbone: str,
-                   image_size: int) -> int:
+                   image_size: int, colour: str = "auto", any_angle: bool = False) -> int:
     """Queue a run and hand it to the job queue; returns at once with the model version id."""
     lo, hi = IMAGE_SIZE_RANGE
     if not lo <= image_size <= hi:
@@ -271,8 +278,11 @@ def start_training(ctx: Kensa, name: str, *, shots: int | None, seed: int, backb
     if not 0 <= seed <= SEED_MAX:
         raise ValueError(f"seed must be between 0 and {SEED_MAX}")
     # request_training refuses an impossible training with the same one sentence
-    mv_id = request_training(ctx, name, shots, seed,
-                             {"backbone": backbone, "image_size": int(image_size)})
+    if colour not in COLOUR_CHOICES:
+        raise ValueError(f"colour must be one of {', '.join(COLOUR_CHOICES)}, not {colour!r}")
+    mv_id = request_training(ctx, name, shots, seed, {
+        "backbone": backbone, "image_size": int(image_size), "colour": colour,
+        "views": "any_angle" if any_angle else "auto"})
     try:
         start_training_job(ctx, mv_id)
     except Exception:
@@ -392,7 +402,9 @@ def run_history(ctx: Kensa, name: str) -> list[dict[str, Any]]:
             # one column for the settings, so the table fits the page without scrolling
             "settings": f"{run['backbone'] or model.get('backbone', DEFAULT_BACKBONE)} · "
                         f"{model.get('image_size', _default_image_size())} px · "
-                        f"seed {params.get('seed', 0)}",
+                        f"seed {params.get('seed', 0)}"
+                        + (" · colour ignored" if metrics.get("colour_ignored") else "")
+                        + (" · any angle" if model.get("views") == "any_angle" else ""),
             "note": (run["error"] or "")[:200],
         })
     return rows

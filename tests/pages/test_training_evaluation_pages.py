@@ -65,13 +65,16 @@ def test_train_button_queues_a_run_shows_progress_and_cancels(
     at.radio(key="tr_use_all").set_value("some").run()
     at.number_input(key="tr_shots").set_value(3)
     at.slider(key="tr_size").set_value(256)
+    at.radio(key="tr_colour").set_value("gray")
+    at.checkbox(key="tr_any_angle").check()
     _button(at, "Train").click().run()
     assert not at.exception
     assert len(no_worker) == 1
     run = list_model_versions(ctx, "widgets")[0]
     assert run["status"] == "queued"
     assert run["params"] == {"shots": 3, "seed": 0,
-                             "model": {"backbone": "efficientnet_lite0", "image_size": 256}}
+                             "model": {"backbone": "efficientnet_lite0", "image_size": 256,
+                                       "colour": "gray", "views": "any_angle"}}
     shown = texts(at)
     assert "Training Model 1" in shown and "queued" in shown
     assert _button(at, "Train").disabled

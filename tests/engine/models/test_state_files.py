@@ -104,7 +104,7 @@ def test_a_changed_bank_is_refused_naming_the_file(saved: tuple[Path, dict[str, 
 
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda p: p.pop("config"), "lacks the key 'config'"),
-    (lambda p: p["config"].update(colour=1), "unknown training parameter.*colour"),
+    (lambda p: p["config"].update(flavour=1), "unknown training parameter.*flavour"),
     (lambda p: p.pop("bank_file"), "lacks the key 'bank_file'"),
     (lambda p: p.update(model="anomalib_patchcore"), "holds a 'anomalib_patchcore' state"),
     (lambda p: p["records"][0].pop("sha256"), "model description .*model.json"),

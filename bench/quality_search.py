@@ -1,0 +1,183 @@
+"""Detection-quality search: bank settings x image-score rules, both data sets, in one process.
+
+    python bench/quality_search.py --data ../shared/datasets/toothbrush \\
+        --data ../shared/datasets/magnetic_tile --subset 60 24 \\
+        --configs '[{}, {"image_size": 512}]' --shots 1,4,16 --seeds 0,1,2 [--json FILE]
+
+A bank setting (a ``FewShotConfig`` override, plus two search-only keys: ``"pool"``, the width of
+the neighbourhood averaged into a patch vector, and ``"out_indices"``, other backbone stages) is
+fitted once per (data set, shots, seed); every test image is then searched once for its ``K``
+nearest bank vectors, and every image-score rule (``max`` of the smoothed map, the mean of its
+top 1 % / 0.1 % of pixels, the mean of the top 1 % of patches, PatchCore's density reweighting,
+the mean of 3 neighbours) is computed from those same distances, so the rules cost nothing extra
+to compare. Prints one JSON line per (data set, setting, shots, seed), with the image AUROC of
+each defect type against the goods under ``max``, and at the end the mean of every (data set,
+setting) over its shots and seeds. Image and pixel AUROC only (AUPRO belongs to
+``bench/fewshot.py``, which also times the chosen settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.fewshot import choose_shots, stratified_tests  # noqa: E402
+
+#: neighbours searched per patch: the rules below read at most this many
+K = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="detection-quality search")
+    parser.add_argument("--data", action="append", required=True)
+    parser.add_argument("--configs", default="[{}]", help="JSON list of FewShotConfig overrides")
+    parser.add_argument("--shots", default="1,4,16")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--subset", type=int, nargs=2, metavar=("GOODS", "PER_TYPE"),
+                        help="stratified test subset (applied to data sets with > 200 tests)")
+    parser.add_argument("--json", dest="json_path")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+
+    from engine.data import discover, load_image, load_mask
+    from engine.metrics import image_metrics, pixel_metrics
+
+    rows = []
+    for data in args.data:
+        index = discover(Path(data), validate=False)
+        tests = list(index.select(split="test"))
+        if args.subset and len(tests) > 200:
+            tests = stratified_tests(index, *args.subset)
+        images = [load_image(r.path) for r in tests]
+        masks = [load_mask(r.mask_path, im.shape[:2]) if r.mask_path else None
+                 for r, im in zip(tests, images, strict=True)]
+        labels = np.array([int(r.label == "defect") for r in tests])
+        usable = [i for i, r in enumerate(tests) if r.label == "good" or masks[i] is not None]
+        goods = [r.path for r in index.select(split="train", label="good")]
+        for overrides in json.loads(args.configs):
+            for shots in [int(s) for s in args.shots.split(",")]:
+                for seed in [int(s) for s in args.seeds.split(",")]:
+                    started = time.perf_counter()
+                    train = [load_image(p) for p in choose_shots(goods, shots, seed)]
+                    scored = score_all(overrides, train, images, seed)
+                    row = {"data": Path(data).name, "config": overrides, "shots": shots,
+                           "seed": seed, "n_test": len(tests),
+                           "seconds": round(time.perf_counter() - started, 1)}
+                    for rule, (scores, maps) in scored.items():
+                        row[f"image_{rule}"] = round(
+                            image_metrics(scores, labels)["image_auroc"], 4)
+                        if maps is not None:
+                            row[f"pixel_{rule}"] = round(pixel_metrics(
+                                [maps[i] for i in usable],
+                                [masks[i] for i in usable])["pixel_auroc"], 4)
+                    scores = scored["max"][0]
+                    for name in sorted({r.defect_type or "defect" for r in tests
+                                        if r.label == "defect"}):
+                        keep = [i for i, r in enumerate(tests) if r.label == "good"
+                                or (r.defect_type or "defect") == name]
+                        row[f"type_{name}"] = round(image_metrics(
+                            scores[keep], labels[keep])["image_auroc"], 3)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    summary: dict[tuple, list] = defaultdict(list)
+    for row in rows:
+        summary[(row["data"], json.dumps(row["config"]))].append(row)
+    for (data, config), group in summary.items():
+        keys = [k for k in group[0] if k.startswith(("image_", "pixel_", "type_"))]
+        print(json.dumps({"mean": data, "config": json.loads(config), "runs": len(group),
+                          **{k: round(float(np.mean([g[k] for g in group])), 4) for k in keys}}),
+              flush=True)
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+def score_all(overrides: dict, train: list, images: list, seed: int) -> dict:
+    """Fit one bank; per rule, (image scores, anomaly maps or None when the map is the base's)."""
+    import cv2
+    import numpy as np
+
+    from engine.models.fewshot import FewShotConfig, FewShotPatchCore
+    from engine.models.preprocess import grid_to_work, resize_map
+
+    overrides = dict(overrides)
+    pool = overrides.pop("pool", None)
+    stages = overrides.pop("out_indices", None)
+    if stages is not None:  # try other backbone stages without a registry entry
+        import dataclasses
+
+        import engine.backbones as backbones
+
+        name = overrides.get("backbone", backbones.DEFAULT_BACKBONE)
+        saved = backbones.REGISTRY[name]
+        backbones.REGISTRY[name] = dataclasses.replace(saved, out_indices=tuple(stages))
+    try:
+        model = FewShotPatchCore(FewShotConfig(seed=seed, **overrides))
+    finally:
+        if stages is not None:
+            backbones.REGISTRY[name] = saved
+    if pool is not None:  # a wider neighbourhood averaged into each patch vector
+        from torch import nn
+
+        model.extractor.pool = nn.AvgPool2d(pool, stride=1, padding=pool // 2)
+    model.fit(train)
+    bank = model.bank
+    assert bank is not None
+    sigma = model.config.blur_sigma
+    out: dict[str, tuple[list, list | None]] = defaultdict(lambda: ([], []))
+
+    def smooth(grid: np.ndarray, work: tuple[int, int]) -> np.ndarray:
+        work_map = grid_to_work(grid, *work)
+        return cv2.GaussianBlur(work_map, (0, 0), sigma) if sigma > 0 else work_map
+
+    for image in images:
+        tensor = model.working_tensor(image)
+        feats = model._features(tensor)[0]
+        gh, gw = (int(v) for v in feats.shape[1:])
+        queries = feats.flatten(1).T
+        knn = bank.knn(queries, k=min(K, len(bank)))
+        d = knn.distances.float().cpu().numpy().reshape(gh, gw, -1)
+        work = tuple(int(v) for v in tensor.shape[-2:])
+        base = smooth(d[..., 0], work)
+        top = np.sort(base.ravel())[::-1]
+        grid_top = np.sort(d[..., 0].ravel())[::-1]
+        add = {
+            "max": base.max(),
+            "top1pct": top[: max(1, top.size // 100)].mean(),
+            "top01pct": top[: max(1, top.size // 1000)].mean(),
+            "grid_top1pct": grid_top[: max(1, grid_top.size // 100)].mean(),
+            "reweight": base.max() * _density_weight(bank, queries, knn, d[..., 0]),
+        }
+        for rule, value in add.items():
+            out[rule][0].append(float(value))
+        out["max"][1].append(resize_map(base, *image.shape[:2]))
+        knn3 = smooth(d.mean(axis=2), work)
+        out["knn3"][0].append(float(knn3.max()))
+        out["knn3"][1].append(resize_map(knn3, *image.shape[:2]))
+    return {rule: (np.asarray(s), m if m else None) for rule, (s, m) in out.items()}
+
+
+def _density_weight(bank, queries, knn, d1, support: int = 9) -> float:
+    """PatchCore's reweighting (paper eq. 7, anomalib's ``compute_anomaly_score``) at the
+    image's most anomalous patch: 1 - softmax over its distances to the ``support`` bank
+    neighbours of its nearest bank vector, taken at that vector. A test patch whose nearest
+    normal lies in a sparse region of the bank (a rare normal) is scored down."""
+    import torch
+
+    at = int(d1.argmax())
+    nearest = int(knn.indices[at, 0])
+    support_rows = bank.knn(bank.vectors[nearest : nearest + 1],
+                            k=min(support, len(bank))).indices[0]
+    dist = (queries[at : at + 1].to(bank.device) - bank.vectors[support_rows]).norm(dim=1)
+    return float(1 - torch.softmax(dist, dim=0)[0])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""InferenceCore against the app's own scoring (``model.score``): the same numbers, so a change
+of the app's pipeline that the core does not follow fails here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.export.core import InferenceCore, blur_matrix
+from engine.models.fewshot import FewShotConfig
+from engine.models.preprocess import resize_map
+from tests.engine.export.conftest import SIZE, Fitted, fitted_model
+
+
+def _check(fitted: Fitted) -> None:
+    model = fitted.model
+    expected = model.score(fitted.images)
+    core = InferenceCore.from_model(model, *fitted.batch.shape[-2:])
+    with torch.no_grad():
+        scores, maps = core(fitted.batch)
+    assert maps.shape == (len(fitted.images), 1, *fitted.batch.shape[-2:])
+    np.testing.assert_allclose(scores.numpy(), expected.scores, rtol=2e-5, atol=1e-5)
+    for image, work, want in zip(fitted.images, maps[:, 0].numpy(), expected.maps, strict=True):
+        got = resize_map(work, *image.shape[:2])
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * float(want.max()))
+
+
+def test_core_matches_model_score(fitted: Fitted) -> None:
+    assert fitted.batch.shape[-2:] != (SIZE, SIZE)  # a non-square working size
+    _check(fitted)
+
+
+def test_core_matches_grey_knn_and_no_intensity_matching() -> None:
+    """Other branches of scoring: grey input, 3 neighbours averaged, no intensity matching,
+    a different blur."""
+    config = FewShotConfig(image_size=SIZE, colour="gray", n_neighbors=3,
+                           match_intensity=False, blur_sigma=2.5)
+    fitted = fitted_model(config, seed=1)
+    assert fitted.model.state.gray
+    _check(fitted)
+
+
+def test_bank_is_a_buffer_and_the_size_is_checked(fitted: Fitted) -> None:
+    core = InferenceCore.from_model(fitted.model, 96, 80)
+    assert "bank" in dict(core.named_buffers())
+    assert torch.equal(core.bank, fitted.model.bank.vectors.cpu())
+    with pytest.raises(ValueError, match="multiples of 8"):
+        InferenceCore.from_model(fitted.model, 100, 80)
+
+
+def test_blur_matrix_is_opencv_gaussian_blur() -> None:
+    """Rows of the blur operator applied to a random signal = cv2 on the same signal (the
+    kernel size, kernel and reflect-101 border all come from OpenCV)."""
+    import cv2
+
+    signal = np.random.default_rng(0).random((50, 1)).astype(np.float32)
+    want = cv2.GaussianBlur(signal, (0, 0), 4.0)[:, 0]
+    np.testing.assert_allclose(blur_matrix(50, 4.0) @ signal[:, 0], want, atol=1e-6)
+    assert np.array_equal(blur_matrix(7, 0.0), np.eye(7))
