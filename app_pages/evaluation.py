@@ -35,7 +35,6 @@ from services.evaluation.stress import (
     robustness_sentences,
     stress_job,
 )
-from services.jobs.api import cancel as cancel_job
 from services.wording import GLOSSARY, method_words
 from ui.common import (
     AUGMENTATION_PAGE,
@@ -46,6 +45,7 @@ from ui.common import (
     plain,
     with_project,
 )
+from ui.jobs import ACTIVE_JOB, job_panel
 
 #: Heatmaps per page of the gallery (four rows of six).
 GALLERY_PAGE = 24
@@ -335,7 +335,6 @@ else:
     st.caption("No threshold recorded for this model.")
 
 # --------------------------------------------------------------------------- stress test
-ACTIVE_JOB = ("queued", "running")
 st.subheader("Stress test: smallest defect it catches, and what lighting/blur/noise does to "
              "good parts", anchor=False)
 st.markdown("The test paints made-up defects of growing size and contrast onto good parts this "
@@ -358,25 +357,8 @@ if st.button("Run the stress test", icon=":material/science:", disabled=stress_r
 
 def _stress_panel() -> None:
     """Progress of this model's stress test, redrawn every second while it runs."""
-    job = stress_job(ctx, name, mv_id)
-    if job is None:
-        return
-    if job["status"] in ACTIVE_JOB:
-        stage = job["stage"] or "waiting for a worker"
-        st.progress(min(max(float(job["progress"]), 0.0), 1.0),
-                    text=f"Stress test: {plain(stage)} · {job['progress']:.0%}")
-        if job["cancel_requested"]:
-            st.caption("Cancel requested: the test stops after the current step.")
-        elif st.button("Cancel the stress test", key=f"ev_stress_cancel_{job['id']}",
-                       icon=":material/stop:"):
-            cancel_job(ctx, job["id"])
-            st.rerun(scope="fragment")
-    elif stress_running:  # it ended since the page was drawn: draw the results
-        st.rerun()
-    elif job["status"] == "failed":
-        st.error(f"The last stress test failed: {plain(job['error'] or 'no reason given')}")
-    elif job["status"] == "cancelled":
-        st.caption("The last stress test was cancelled.")
+    job_panel(ctx, stress_job(ctx, name, mv_id), title="Stress test", noun="the stress test",
+              stops="the test", key="ev_stress", was_running=stress_running)
 
 
 st.fragment(_stress_panel, run_every=1.0 if stress_running else None)()

@@ -5,6 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from services.inference.export import (
+    FORMAT_TITLES,
+    export_archive,
+    export_job,
+    export_target,
+    request_export,
+)
 from services.training.setup import (
     COLOUR_CHOICES,
     IMAGE_SIZE_RANGE,
@@ -28,6 +35,7 @@ from ui.common import (
     plain,
     with_project,
 )
+from ui.jobs import ACTIVE_JOB, job_panel
 
 ctx = context()
 name = need_project()
@@ -219,15 +227,6 @@ st.fragment(_live, run_every=1.0 if watched else None)(watched)
 def _export_section() -> None:
     """Export the newest finished model as files for a production PC (a job: tens of
     seconds), then download them as a zip with the parity figure in words."""
-    from services.inference.export import (
-        FORMAT_TITLES,
-        export_archive,
-        export_job,
-        export_target,
-        request_export,
-    )
-    from services.jobs.api import cancel as cancel_job
-
     st.subheader("Export the model", anchor=False)
     target = export_target(ctx, name)
     if target is None:
@@ -250,7 +249,7 @@ def _export_section() -> None:
                           help="Weights and memory bank in half precision: about half the "
                                "size; refused like any export when its scores move too much.")
     job = export_job(ctx, name, mv_id)
-    running = job is not None and job["status"] in ("queued", "running")
+    running = job is not None and job["status"] in ACTIVE_JOB
     if st.button("Export", icon=":material/download:", disabled=running,
                  key=f"tr_export_{mv_id}",
                  help="Runs in the background (about half a minute); nothing is changed."):
@@ -264,25 +263,9 @@ def _export_section() -> None:
 
     def _panel() -> None:
         now = export_job(ctx, name, mv_id)
-        if now is None:
-            return
-        if now["status"] in ("queued", "running"):
-            stage = now["stage"] or "waiting for a worker"
-            st.progress(min(max(float(now["progress"]), 0.0), 1.0),
-                        text=f"Export: {plain(stage)} · {now['progress']:.0%}")
-            if now["cancel_requested"]:
-                st.caption("Cancel requested: the export stops after the current step.")
-            elif st.button("Cancel the export", key=f"tr_export_cancel_{now['id']}",
-                           icon=":material/stop:"):
-                cancel_job(ctx, now["id"])
-                st.rerun(scope="fragment")
-        elif running:  # it ended since the page was drawn: draw the download
-            st.rerun()
-        elif now["status"] == "failed":
-            st.error(f"The last export failed: {plain(now['error'] or 'no reason given')}")
-        elif now["status"] == "cancelled":
-            st.caption("The last export was cancelled.")
-        elif now["status"] == "done":
+        job_panel(ctx, now, title="Export", noun="the export", stops="the export",
+                  key="tr_export", was_running=running)
+        if now is not None and now["status"] == "done" and not running:
             result = now["result"] or {}
             title = FORMAT_TITLES.get(result.get("format"), "?") + (
                 " FP16" if result.get("fp16") else "")

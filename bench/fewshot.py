@@ -103,13 +103,13 @@ def run_worker(args: argparse.Namespace) -> dict[str, object]:
                 GreedyCoresetSampler, candidate_factor=None)
 
         model = FewShotPatchCore(FewShotConfig(seed=args.seed, **overrides))
-        long_side = model.config.image_size
+        kensa = True
         backbone = model.config.backbone
     else:
         from engine.models.anomalib_patchcore import AnomalibPatchCore
 
         model = AnomalibPatchCore(**overrides)
-        long_side = None
+        kensa = False
         backbone = "efficientnet_lite0"
 
     shots = [load_image(p) for p in train]
@@ -134,10 +134,8 @@ def run_worker(args: argparse.Namespace) -> dict[str, object]:
         started = time.perf_counter()
         result = model.score([image])
         score_s += time.perf_counter() - started
-        if long_side is not None:  # the size the model works at (its scale rule)
-            tensor = model.working_tensor(image)
-        else:
-            tensor = model._prepare(image).cpu()
+        # the size each model works at (Kensa's scale rule, anomalib's own transform)
+        tensor = model.working_tensor(image) if kensa else model._prepare(image).cpu()
         started = time.perf_counter()
         with torch.inference_mode():
             classifier(tensor)

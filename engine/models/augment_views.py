@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Literal
 
+import cv2
+import numpy as np
 import torch
 
 ViewMode = Literal["none", "flips", "dihedral", "auto", "any_angle"]
@@ -87,9 +89,6 @@ def turned(image: torch.Tensor, degrees: float, stride: int, centre: float
     that was photographed. ``centre`` is where a cell's evidence sits, in cells
     (``engine.models.preprocess.CELL_CENTRE``).
     """
-    import cv2
-    import numpy as np
-
     _, _, h, w = image.shape
     rad = np.deg2rad(degrees)
     cos, sin = abs(np.cos(rad)), abs(np.sin(rad))
