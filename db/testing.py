@@ -13,12 +13,16 @@ or un-migrated one (``make_test_database``).
 from __future__ import annotations
 
 import os
+import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from db.migrate import upgrade
@@ -56,10 +60,27 @@ def make_test_database(kind: str, directory: Path) -> Iterator[str]:
         try:
             yield url_string(normalize_url(admin_url).set(database=name))
         finally:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            _drop(admin, name)
     finally:
         admin.dispose()
+
+
+def _drop(admin: Any, name: str, attempts: int = 10) -> None:
+    """Drop a test database, retrying: ``WITH (FORCE)`` terminates the other sessions, but a
+    non-superuser may not terminate an autovacuum worker that happens to be in the database
+    ("must be a member of the role whose process is being terminated"); it leaves within
+    moments. A database still there after the retries is left behind with a warning: it
+    holds test rows only, and failing a passed test for it would be noise."""
+    last: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except DBAPIError as exc:  # InsufficientPrivilege, or the server busy
+            last = exc
+            time.sleep(0.2 * (attempt + 1))
+    warnings.warn(f"test database {name} could not be dropped: {last}", stacklevel=2)
 
 
 @contextmanager

@@ -4,11 +4,16 @@ PatchCore's recipe: a stride-8 stage for localisation and a stride-16 stage for 
 averaged over a 3x3 neighbourhood so a patch vector describes its surroundings, then the coarse
 map is upsampled and concatenated. Optional normalisations make the vectors less sensitive to
 global light changes, which matters when the line's lighting drifts.
+
+Two of them need statistics of the training patches, which an extractor never sees:
+``normalization="batch"`` and style alignment (AdaIN). They live in :class:`FeatureAlignment`,
+built by the model from the :class:`ChannelStats` of its shots and applied after the extractor,
+so the export core (engine.export.core) can hold the same module with its statistics as buffers.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +21,15 @@ from torch import nn
 
 from engine.backbones import DEFAULT_BACKBONE, IMAGENET_MEAN, IMAGENET_STD, build_feature_extractor
 
-Normalization = Literal["none", "instance", "layer"]
+#: what the extractor itself does to each image's stages (no training data needed)
+ImageNormalization = Literal["none", "instance", "layer"]
+#: a model's choice: the above, or "batch" (every channel standardized with the training
+#: patches' statistics, see :class:`FeatureAlignment`)
+Normalization = Literal["none", "instance", "layer", "batch"]
+NORMALIZATIONS: tuple[str, ...] = ("none", "instance", "layer", "batch")
+#: variance floor of every per-channel statistic (torch's instance norm uses the same): a channel
+#: that hardly varies over an image would otherwise be blown up into noise by the division
+STATS_EPS = 1e-5
 
 
 class PatchFeatureExtractor(nn.Module):
@@ -26,13 +39,14 @@ class PatchFeatureExtractor(nn.Module):
         self,
         backbone: str = DEFAULT_BACKBONE,
         pool_size: int = 3,
-        normalization: Normalization = "none",
+        normalization: ImageNormalization = "none",
         align_coarse: bool = True,
     ) -> None:
         super().__init__()
         if normalization not in ("none", "instance", "layer"):
             raise ValueError(
-                f"normalization must be none, instance or layer, not {normalization!r}"
+                f"normalization must be none, instance or layer, not {normalization!r} (batch "
+                "needs training statistics: FeatureAlignment applies it after the extractor)"
             )
         self.backbone_name = backbone
         self.network = build_feature_extractor(backbone)
@@ -69,6 +83,79 @@ class PatchFeatureExtractor(nn.Module):
             stages = [F.layer_norm(stage.movedim(1, -1), stage.shape[1:2]).movedim(-1, 1)
                       for stage in stages]
         return torch.cat(stages, dim=1)
+
+
+class ChannelStats(NamedTuple):
+    """Per-channel mean and std ``[D]`` of patch vectors, the std floored by ``STATS_EPS``."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def of(cls, vectors: torch.Tensor) -> ChannelStats:
+        """Statistics of ``vectors`` [N, D], accumulated in float64.
+
+        Hundreds of thousands of patches summed in float32 lose digits the standardized
+        features would then carry into every distance.
+        """
+        if vectors.ndim != 2 or vectors.shape[0] < 2:
+            raise ValueError(f"channel statistics need vectors [N>=2, D], got "
+                             f"{tuple(vectors.shape)}")
+        wide = vectors.detach().to(torch.float64)
+        mean = wide.mean(dim=0)
+        var = (wide - mean).square().mean(dim=0)
+        return cls(mean.float().cpu(), (var + STATS_EPS).sqrt().float().cpu())
+
+    def check(self, dim: int) -> None:
+        """Refuse statistics that do not fit a bank of ``dim`` channels or cannot divide."""
+        for name, t in (("mean", self.mean), ("std", self.std)):
+            if t.shape != (dim,):
+                raise ValueError(f"feature statistics {name} has shape {tuple(t.shape)}, the "
+                                 f"bank has {dim} channels")
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"feature statistics {name} holds non-finite values")
+        if bool((self.std <= 0).any()):
+            raise ValueError("feature statistics std must be positive")
+
+
+class FeatureAlignment(nn.Module):
+    """Patch features ``[B,D,H,W]`` -> the same, with the training patches' per-channel statistics.
+
+    ``style_align`` (AdaIN): every image's per-channel mean and std over its own grid are
+    replaced by the training reference. A lighting change moves whole feature channels of an
+    image together, which a per-patch kNN reads as "every patch is new"; re-centring each image
+    on the training statistics removes the global part of that move and keeps the local
+    differences a defect makes. ``standardize`` (``normalization="batch"``): every channel
+    divided by its training std after removing its training mean, so that channels with a wide
+    range do not dominate the Euclidean distance. Both are per-channel affine maps with
+    statistics fixed at fit: buffers here, so an exported graph computes exactly this.
+    Statistics are per channel, so taking them per backbone stage or on the concatenated
+    vector is the same. With both on, the result is each image's own per-channel
+    standardization, i.e. ``normalization="instance"`` (bench/domain_shift.py scores the two
+    identically).
+    """
+
+    def __init__(self, stats: ChannelStats, *, standardize: bool, style_align: bool) -> None:
+        super().__init__()
+        self.standardize = bool(standardize)
+        self.style_align = bool(style_align)
+        self.register_buffer("ref_mean", stats.mean.detach().float().view(1, -1, 1, 1).clone())
+        self.register_buffer("ref_std", stats.std.detach().float().view(1, -1, 1, 1).clone())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.style_align:
+            mean = features.mean(dim=(2, 3), keepdim=True)
+            var = (features - mean).square().mean(dim=(2, 3), keepdim=True)
+            features = (features - mean) / (var + STATS_EPS).sqrt() * self.ref_std + self.ref_mean
+        if self.standardize:
+            features = (features - self.ref_mean) / self.ref_std
+        return features
+
+    def vectors(self, vectors: torch.Tensor) -> torch.Tensor:
+        """The same for ONE image's patch vectors [M, D] (e.g. the kept cells of a turned view):
+        the image statistics are then those of these M cells."""
+        grid = vectors.T.unsqueeze(0).unsqueeze(-1)  # [1, D, M, 1]
+        return self(grid)[0, :, :, 0].T.contiguous()
 
 
 def upsample_onto_fine(coarse: torch.Tensor, size: tuple[int, int], ratio: int = 2

@@ -25,6 +25,15 @@ Projects (database under ``KENSA_HOME``, or ``DATABASE_URL``; the schema is upgr
     python -m services.cli jobs list [NAME] [--active] | jobs cancel ID | jobs selftest
     python -m services.cli worker [--workers N]
 
+Configured runs (``default_config.yaml`` merged with a file; every bad key listed, exit 2)::
+
+    python -m services.cli advanced-train [--config FILE] [--data DIR] [--out RUN_DIR] [--json]
+    python -m services.cli multi-task-train --config TASKS.yaml [--out DIR] [--json]
+    python -m services.cli train-all [--tasks TASKS.yaml | --config FILE] [--shots K]
+                                     [--seed S] [--model NAME] [--wait] [--json]
+    python -m services.cli adaptive-inference --project NAME --images DIR [--lot NAME]
+                                              [--dry-run] [--json]
+
 Long commands (project create, train NAME, score NAME, update-bank, detectability,
 robustness, export) run as jobs: a row in
 ``jobs`` with progress, heartbeat and Cancel (``jobs cancel ID`` from another terminal), run
@@ -49,6 +58,8 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
+
+from services.config.schema import ConfigError
 
 
 def _progress_bar(enabled: bool) -> tuple[Callable[[str, float], None], Callable[[], None]]:
@@ -551,6 +562,363 @@ def cmd_jobs_selftest(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- config runs
+
+
+def _config_overrides(**flags: Any) -> dict[str, Any]:
+    """Command-line flags as the last config layer (``None``: not given, the config's value
+    stands): ``model=NAME``, ``shots=K``, ``seed=S``, ``data=DIR``."""
+    out: dict[str, Any] = {}
+    if flags.get("model") is not None:
+        out["model"] = {"name": flags["model"]}
+    data = {key: flags[key] for key in ("shots", "seed") if flags.get(key) is not None}
+    if flags.get("data") is not None:
+        data["path"] = flags["data"]
+    if data:
+        out["data"] = data
+    return out
+
+
+def _file_run_text(summary: dict[str, Any]) -> str:
+    """What ``advanced-train`` prints: what was trained, the threshold, the metrics."""
+    metrics, thr = summary["metrics"], summary["threshold"]
+    shown = ", ".join(f"{k}={metrics[k]:.3f}" for k in
+                      ("image_auroc", "image_ap", "f1_at_threshold", "precision_at_threshold",
+                       "recall_at_threshold", "pixel_auroc", "aupro") if k in metrics)
+    on = {"synthetic": " (on synthetic defects painted into held-out goods)",
+          "held-out": ""}.get(summary["metrics_on"] or "", "")
+    aug = summary["augmentation"]
+    return "\n".join(filter(None, [
+        f"trained {summary['algorithm']} on {summary['shots']} of {summary['images']} images"
+        + (f" + {aug['augmented_images']} augmented copies" if aug else "")
+        + f": bank {summary['bank_size']} vectors, fit {summary['fit_s']:.1f} s, "
+          f"{summary['seconds']:.1f} s in all",
+        f"threshold {thr['value']:.4f} ({thr['method']})",
+        f"validation on {summary['validation_images']} held-out images{on}: {shown}"
+        if shown else None,
+        f"wrote {summary['run']}",
+    ]))
+
+
+def cmd_advanced_train(args: argparse.Namespace) -> int:
+    """File-based training with a full config (model + params, augmentation copies,
+    threshold rule), written as a run folder that ``score --run`` reads."""
+    from services.config import load_config
+    from services.config.runs import file_run_plan, run_file_training
+
+    config = load_config(args.config, _config_overrides(data=args.data))
+    plan = file_run_plan(config)  # refusals (no folder, a preset) before any work
+    out = Path(args.out) if args.out else Path("runs") / plan.data.name
+    update, close = _progress_bar(not args.quiet)
+    try:
+        result = run_file_training(config, out, progress=update)
+    finally:
+        close()
+    for problem in result.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    summary = {**result.summary(), "config": args.config}
+    _print(summary, args.json, _file_run_text(summary))
+    return 0
+
+
+def _task_row(name: str, seconds: float, summary: dict[str, Any] | None = None,
+              error: str | None = None) -> dict[str, Any]:
+    """One line of the multi-task summary (JSON and table)."""
+    if summary is None:
+        return {"task": name, "status": "failed", "error": error, "images": None,
+                "image_auroc": None, "f1": None, "threshold": None,
+                "seconds": round(seconds, 2), "run": None, "metrics_on": None}
+    metrics = summary["metrics"]
+    return {"task": name, "status": "done", "error": None, "images": summary["images"],
+            "image_auroc": metrics.get("image_auroc"), "f1": metrics.get("f1_at_threshold"),
+            "threshold": summary["threshold"]["value"],
+            "threshold_method": summary["threshold"]["method"],
+            "seconds": round(seconds, 2), "run": summary["run"],
+            "metrics_on": summary["metrics_on"]}
+
+
+def _task_table(rows: list[dict[str, Any]]) -> str:
+    """The summary table: task, images, image AUROC, F1 at the threshold, threshold, seconds,
+    status; a ``*`` marks numbers measured on synthetic defects."""
+    width = max([4, *(len(r["task"]) for r in rows)])
+    lines = [f"{'task':<{width}}  {'images':>6}  {'AUROC':>6}  {'F1':>6}  {'threshold':>10}  "
+             f"{'seconds':>7}  status"]
+    for r in rows:
+        star = "*" if r["metrics_on"] == "synthetic" else " "
+        auroc = "-" if r["image_auroc"] is None else f"{r['image_auroc']:.3f}{star}"
+        f1 = "-" if r["f1"] is None else f"{r['f1']:.3f}{star}"
+        thr = "-" if r["threshold"] is None else f"{r['threshold']:.4f}"
+        status = "done" if r["status"] == "done" else f"FAILED: {r['error']}"
+        lines.append(f"{r['task']:<{width}}  {r['images'] if r['images'] is not None else '-':>6}"
+                     f"  {auroc:>6}  {f1:>6}  {thr:>10}  {r['seconds']:>7.1f}  {status}")
+    if any(r["metrics_on"] == "synthetic" for r in rows):
+        lines.append("* on synthetic defects painted into held-out good images (the task had "
+                     "no defect images to hold out)")
+    return "\n".join(lines)
+
+
+def cmd_multi_task_train(args: argparse.Namespace) -> int:
+    """Several file trainings from one tasks file, one after another in this process, one run
+    folder each (``OUT/<task>``); a failing task is reported and the others still run."""
+    import time
+
+    from services.config import ConfigError, load_tasks
+    from services.config.runs import file_run_plan, run_file_training
+
+    tasks = load_tasks(args.config)
+    problems: list[str] = []
+    for task in tasks:  # every task's refusals before the first minute of training
+        try:
+            file_run_plan(task.config)
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    out_root = Path(args.out or "runs")
+    rows = []
+    for n, task in enumerate(tasks, 1):
+        started = time.perf_counter()
+        update, close = _progress_bar(not args.quiet)
+        try:
+            result = run_file_training(
+                task.config, out_root / task.folder,
+                progress=lambda stage, f, n=n, name=task.name, bar=update: bar(
+                    f"{n}/{len(tasks)} {name}: {stage}"[:28], f))
+            summary = result.summary()
+            rows.append(_task_row(task.name, time.perf_counter() - started, summary))
+            for problem in result.problems:
+                print(f"warning: task {task.name}: {problem}", file=sys.stderr)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported in the table; the others still run
+            _debug_traceback()
+            rows.append(_task_row(task.name, time.perf_counter() - started,
+                                  error=error_line(exc)))
+            print(f"error: task {task.name}: {error_line(exc)}", file=sys.stderr)
+        finally:
+            close()
+    failed = sum(r["status"] != "done" for r in rows)
+    _print({"tasks": rows, "failed": failed, "out": str(out_root.resolve())}, args.json,
+           _task_table(rows) + f"\n{len(rows) - failed} of {len(rows)} task(s) trained into "
+           f"{out_root}")
+    return 1 if failed else 0
+
+
+def _wait_for_jobs(ctx: Any, queued: list[dict[str, Any]], quiet: bool,
+                   timeout_s: float) -> list[dict[str, Any]]:
+    """Poll the queued jobs until every one has ended, with one progress bar for them all;
+    returns the final job rows (TimeoutError after ``timeout_s`` > 0, the jobs go on)."""
+    import time
+
+    from services.jobs.api import get_job
+
+    update, close = _progress_bar(not quiet)
+    deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
+    try:
+        while True:
+            jobs = [get_job(ctx, q["job_id"]) for q in queued]
+            active = [j for j in jobs if j["status"] in ("queued", "running")]
+            fraction = sum(1.0 if j not in active else float(j["progress"] or 0.0)
+                           for j in jobs) / max(1, len(jobs))
+            running = next((j for j in active if j["status"] == "running"), None)
+            stage = f"{len(jobs) - len(active)}/{len(jobs)} done" + (
+                f"; job {running['id']}: {running['stage'] or ''}" if running else "")
+            update(stage[:28], fraction)
+            if not active:
+                return jobs
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"job(s) {', '.join(str(j['id']) for j in active)} still "
+                    f"{'/'.join(sorted({j['status'] for j in active}))} after {timeout_s:g} s; "
+                    "they go on (is a worker running? `jobs selftest`)")
+            time.sleep(0.5)
+    finally:
+        close()
+
+
+def _job_result_line(project: str, job: dict[str, Any]) -> str:
+    result = job.get("result") or {}
+    if job["status"] != "done":
+        return f"job {job['id']} {project}: {job['status']}: {job['error'] or '-'}"
+    metrics = result.get("metrics") or {}
+    thr = result.get("threshold")
+    return (f"job {job['id']} {project}: done, model version {result.get('model_version_id')}"
+            + (f", threshold {thr:.4f}" if isinstance(thr, int | float) else "")
+            + (f", image AUROC {metrics['image_auroc']:.3f}" if "image_auroc" in metrics
+               else ""))
+
+
+def cmd_train_all(args: argparse.Namespace) -> int:
+    """Queue one training job per project (or per task of ``--tasks``) through the Training
+    page's services; ``--wait`` follows them to the end."""
+    from services.config import ConfigError, load_config, load_tasks
+    from services.config.runs import import_folder, project_run_plan, queue_project_training
+    from services.data.projects import list_projects
+
+    ctx = _ctx()
+    overrides = _config_overrides(model=args.model, shots=args.shots, seed=args.seed)
+    if args.tasks:
+        if args.config:
+            raise ValueError("give --tasks or --config, not both (a tasks file has its own "
+                             "defaults section)")
+        entries = [(t.name, t.config) for t in load_tasks(args.tasks, overrides)]
+    else:
+        config = load_config(args.config, overrides)
+        data = config.values["data"]
+        unused = [key for key, default in (("path", None), ("layout", "auto"))
+                  if data[key] != default]
+        if unused:  # said, not ignored: these keys only describe a folder to import
+            raise ConfigError([f"{config.where('data.' + key)}: train-all over every project "
+                               "imports no folder; name folders per task with --tasks"
+                               for key in unused])
+        entries = [(p["name"], config) for p in list_projects(ctx)]
+        if not entries:
+            raise ValueError("no projects yet: create one with `project create NAME --data "
+                             "DIR`, or give --tasks FILE with data folders")
+    plans, problems = [], []
+    for name, config in entries:  # refusals of every entry before anything is queued
+        try:
+            plans.append((name, project_run_plan(config)))
+        except ConfigError as exc:
+            problems += [p for p in exc.problems if p not in problems]
+    if problems:
+        raise ConfigError(problems)
+    queued: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    for name, plan in plans:
+        try:
+            if plan.data is not None:
+                update, close = _progress_bar(not args.quiet)
+                try:
+                    report = import_folder(ctx, name, plan, echo=update)
+                finally:
+                    close()
+                print(f"imported {report['found']} images into {name!r} "
+                      f"({report['added']} new)", file=sys.stderr)
+            queued.append(queue_project_training(ctx, name, plan))
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported; the other projects are queued
+            _debug_traceback()
+            failed.append({"project": name, "error": error_line(exc)})
+            print(f"error: {name}: {error_line(exc)}", file=sys.stderr)
+    lines = [f"job {q['job_id']} queued: {q['project']} (model version "
+             f"{q['model_version_id']})" for q in queued]
+    lines += [f"not queued: {f['project']}: {f['error']}" for f in failed]
+    payload: dict[str, Any] = {"queued": queued, "failed": failed}
+    if args.wait and queued:
+        jobs = _wait_for_jobs(ctx, queued, args.quiet, args.timeout)
+        payload["jobs"] = jobs
+        lines += [_job_result_line(q["project"], j) for q, j in zip(queued, jobs, strict=True)]
+        failed_jobs = [j for j in jobs if j["status"] != "done"]
+    else:
+        failed_jobs = []
+        if queued:
+            lines.append("follow them with `jobs list`; a worker runs them "
+                         "(`worker`, or the local one started on submit)")
+    _print(payload, args.json, "\n".join(lines))
+    return 1 if failed or failed_jobs else 0
+
+
+def _adapt_note(sha: str, raw: float, verdict: str, plan: dict[str, Any],
+                chunk_of: dict[str, int]) -> str:
+    """Why one image of the lot was or was not learned, in words."""
+    if sha in chunk_of:
+        return f"learns (chunk {chunk_of[sha]})"
+    if verdict != "good":
+        return "not learned: defect"
+    if plan["band_low"] <= raw < plan["band_high"]:
+        return "not learned: in the review band"
+    if raw < plan["band_low"]:
+        return (f"confidently normal, not learned now: no full chunk of {plan['chunk']} yet, "
+                f"already learned, or over the lot's cap of {plan['cap']}")
+    return "not learned"
+
+
+def cmd_adaptive_inference(args: argparse.Namespace) -> int:
+    """Score a folder as one lot, then let online adaptation (``engine.adapt`` through
+    ``services.history.adaptation``) decide which confidently normal images feed the bank;
+    each chunk learned is a new, visible bank version (``rollback`` undoes it)."""
+    from services.data.projects import get_project
+    from services.history.adaptation import plan_online
+    from services.inference.batches import batch_predictions
+
+    ctx = _ctx()
+    project = get_project(ctx, args.project)  # unknown project: refused now
+    images = Path(args.images).expanduser()
+    if not images.exists():
+        raise FileNotFoundError(f"{images}: no such file or folder")
+    lot = args.lot or f"adaptive {datetime.now():%Y-%m-%d %H:%M:%S}"
+    scored = _run_job(args, "score_batch", {"name": project["name"],
+                                            "path": str(images.resolve()), "batch": lot},
+                      project["id"], ctx)
+    assert scored is not None  # inline: the full result
+    for p in scored["problems"]:
+        print(f"warning: skipped {p['path']}: {p['problem']}", file=sys.stderr)
+    plan = plan_online(ctx, project["name"], lot)
+    chunk_of = {sha: k for k, chunk in enumerate(plan["chunks"], 1) for sha in chunk.keys}
+    now = {r["image_sha256"] for r in scored["predictions"]}
+    verdicts = [{**{k: r[k] for k in ("image_path", "image_sha256", "verdict", "raw_score",
+                                     "normalized_score", "confidence", "reviewed_verdict")},
+                 "scored_now": r["image_sha256"] in now,
+                 "adaptation": ("not learned: reviewed as defect"
+                                if r["reviewed_verdict"] == "defect" else
+                                _adapt_note(r["image_sha256"], r["raw_score"], r["verdict"],
+                                            plan, chunk_of))}
+                for r in batch_predictions(ctx, project["name"], lot)]  # the whole lot
+    lines = [f"lot {lot!r}: {scored['scored']} scored, {scored['skipped']} already scored "
+             f"(bank v{scored['bank_version']}, threshold {scored['threshold']:.4f}); "
+             f"review band {plan['band_low']:.4f} to {plan['band_high']:.4f}"]
+    lines += [f"{v['verdict']:>6}  {v['raw_score']:.4f}  conf {v['confidence']:.2f}  "
+              f"{Path(v['image_path']).name}  {v['adaptation']}" for v in verdicts]
+    counts = {k: plan[k] for k in ("candidates", "in_band", "reviewed_defect",
+                                   "already_learned", "waiting", "chunk", "cap")}
+    adaptation: dict[str, Any] = {"adapted": False, "plan": counts}
+    code = 0
+    if not plan["chunks"]:
+        lines.append(
+            f"not adapted: no full chunk of {plan['chunk']} confidently normal images (raw "
+            f"score below {plan['band_low']:.4f}): {plan['waiting']} waiting, "
+            f"{plan['in_band']} in the review band, {plan['already_learned']} already "
+            f"learned; no bank version was made")
+    elif args.dry_run:
+        lines.append(f"would adapt: {len(plan['chunks'])} chunk(s) of {plan['chunk']} images, "
+                     f"one new bank version each (--dry-run: nothing changed)")
+        adaptation["would_learn"] = [list(c.keys) for c in plan["chunks"]]
+    else:
+        try:
+            bank = _run_job(args, "update_bank",
+                            {"name": project["name"], "online_lot": lot, "paths": [],
+                             "kind": "online"}, project["id"], ctx)
+        except Exception as exc:  # noqa: BLE001 - the lot is scored; say why nothing adapted
+            _debug_traceback()
+            adaptation["error"] = error_line(exc)
+            lines.append(f"not adapted: {error_line(exc)}")
+            code = 1
+        else:
+            assert bank is not None
+            thr = bank["threshold"]
+            adaptation.update(adapted=True, versions=bank["versions"],
+                              first_parent=bank["first_parent"], stopped=bank["stopped"],
+                              vector_count=bank["vector_count"], threshold=thr,
+                              threshold_note=bank["threshold_note"])
+            lines.append(
+                f"adapted: bank version(s) {', '.join('v' + str(v) for v in bank['versions'])}"
+                f" (kind online, from v{bank['first_parent']}), "
+                f"{sum(len(c.keys) for c in plan['chunks'])} image(s) learned, "
+                f"{bank['vector_count']} vectors; threshold {thr['raw_value']:.4f} "
+                f"({thr['method']}); undo with `rollback {project['name']} --to "
+                f"{bank['first_parent']}`")
+            if bank["stopped"]:
+                lines.append(f"  {bank['stopped']}")
+    _print({"lot": lot, "scored": scored["scored"], "skipped": scored["skipped"],
+            "bank_version": scored["bank_version"], "threshold": scored["threshold"],
+            "review_band": [plan["band_low"], plan["band_high"]], "predictions": verdicts,
+            "problems": scored["problems"], "adaptation": adaptation},
+           args.json, "\n".join(lines))
+    return code
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from services.jobs.worker import main as worker_main
 
@@ -669,7 +1037,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="report only; write nothing to drift_reports")
     drift.set_defaults(func=cmd_drift)
 
-    expl = add("explain", help="why an image is good or a defect: regions, nearest patches")
+    expl = add("explain", help="why an image is good or a defect: regions, nearest patches",
+               description="Why one image is good or a defect under the project's model and "
+                           "threshold in force: verdict, confidence, regions with their "
+                           "nearest training patches. Reads no key of default_config.yaml: "
+                           "its threshold is the project's active one and its regions use "
+                           "the engine's fixed rules.")
     expl.add_argument("name")
     expl.add_argument("image", metavar="IMAGE", help="image file")
     expl.add_argument("--html", metavar="FILE", help="also write the self-contained HTML report")
@@ -763,6 +1136,73 @@ def build_parser() -> argparse.ArgumentParser:
     jself.add_argument("--timeout", type=float, default=120.0, help="how long to wait")
     jself.set_defaults(func=cmd_jobs_selftest)
 
+    adv = add("advanced-train", help="file training with a full config: model, params, "
+                                     "augmentation copies, threshold rule",
+              description="Train a dataset folder with default_config.yaml merged with "
+                          "--config FILE, and write a run folder that `score --run` reads "
+                          "(run.json, the model's files, threshold.json, config.yaml). Every "
+                          "bad key of the config is listed, one line each (exit status 2).")
+    adv.add_argument("--config", metavar="FILE",
+                     help="YAML with the keys to change (default: default_config.yaml only)")
+    adv.add_argument("--data", metavar="DIR", help="dataset folder (overrides data.path)")
+    adv.add_argument("--out", metavar="DIR",
+                     help="run folder to write (default: runs/<data folder name>)")
+    adv.set_defaults(func=cmd_advanced_train)
+
+    multi = add("multi-task-train", help="several file trainings from a tasks file, one "
+                                         "summary table",
+                description="Train every task of a tasks file (tasks: a list of {name, data, "
+                            "and any default_config.yaml section to override}; optional "
+                            "defaults: shared overrides) one after another in this process, "
+                            "each into OUT/<name>. The whole file is checked first; a task "
+                            "that fails at run time is reported and the others still run "
+                            "(exit status 1 if any failed).")
+    multi.add_argument("--config", metavar="TASKS.yaml", required=True, help="the tasks file")
+    multi.add_argument("--out", metavar="DIR", help="parent of the run folders (default: runs)")
+    multi.set_defaults(func=cmd_multi_task_train)
+
+    tall = add("train-all", help="queue a training job for every project (or every task of "
+                                 "a tasks file)",
+               description="Queue one training job per project in the database, or per task "
+                           "of --tasks (a task names a project; with data: DIR the folder is "
+                           "imported into that project first, created if new), through the "
+                           "Training page's services. Prints the job ids; --wait follows "
+                           "them. Reads model, data.shots, data.seed and augmentation.preset "
+                           "of the config; refuses inline augmentation transforms and a "
+                           "threshold method other than auto.")
+    tall.add_argument("--tasks", metavar="TASKS.yaml", help="train these tasks, not every project")
+    tall.add_argument("--config", metavar="FILE",
+                      help="config merged over default_config.yaml for every project")
+    tall.add_argument("--shots", type=int, default=None, help="good images to train on "
+                      "(overrides data.shots)")
+    tall.add_argument("--seed", type=int, default=None, help="which shots (overrides data.seed)")
+    tall.add_argument("--model", metavar="NAME", default=None,
+                      help="registry model to train (overrides model.name; its own defaults)")
+    tall.add_argument("--wait", action="store_true",
+                      help="wait for the jobs with a progress bar; exit 1 if one fails")
+    tall.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
+                      help="with --wait: give up waiting after this long (0: never)")
+    tall.set_defaults(func=cmd_train_all)
+
+    ada = add("adaptive-inference", help="score a folder as a lot, then learn its confidently "
+                                         "normal images as new bank versions",
+              description="Score the images of --images in order as one lot with the "
+                          "project's model in use; online adaptation (engine.adapt) then "
+                          "picks the images scored confidently normal (good and below the "
+                          "review band) in chunks of 8, at most 32 per lot; each chunk "
+                          "becomes a new bank version of kind online with its own threshold "
+                          "row (shown in `history`, undone with `rollback`). Nothing is "
+                          "learned from images in the review band, defects, or images a "
+                          "person reviewed as defect.")
+    ada.add_argument("--project", required=True, metavar="NAME")
+    ada.add_argument("--images", required=True, metavar="DIR", help="image file or folder")
+    ada.add_argument("--lot", metavar="NAME",
+                     help="lot (batch) name (default: 'adaptive <date time>'); an existing lot "
+                          "is continued, known images skipped")
+    ada.add_argument("--dry-run", action="store_true",
+                     help="score and say what would be learned; make no bank version")
+    ada.set_defaults(func=cmd_adaptive_inference)
+
     work = add("worker", help="run a job worker here (same as python -m services.jobs.worker)")
     work.add_argument("--workers", type=int, default=1, help="jobs at once in this process")
     work.add_argument("--idle-exit", type=float, default=0.0, metavar="SECONDS",
@@ -805,6 +1245,11 @@ def main(argv: list[str] | None = None) -> int:
         _debug_traceback()
         print("error: interrupted", file=sys.stderr)
         return 130
+    except ConfigError as exc:  # every problem of a config, one line each
+        _debug_traceback()
+        for line in exc.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
     except Exception as exc:  # the contract holds for every failure (MemoryError included)
         _debug_traceback()
         print(f"error: {error_line(exc)}", file=sys.stderr)

@@ -8,6 +8,8 @@ working size:
 - preparation (grey, intensity matching) and the model's own feature extractor, called
   unchanged (``PatchFeatureExtractor.forward`` without its ``inference_mode`` wrapper), so a
   change to the features reaches exports by itself;
+- the model's own ``FeatureAlignment`` (``normalization="batch"``, ``style_align``) when it has
+  one: per-channel affine maps whose training statistics are buffers;
 - the memory bank as a registered buffer, exact kNN as one matmul + top-k, the winners'
   distances recomputed directly (as ``MemoryBank.knn`` does, so ties and rounding agree);
 - ``grid_to_work`` and ``cv2.GaussianBlur`` are both linear and separable, so each is read off
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.features import PatchFeatureExtractor
+from engine.features import FeatureAlignment, PatchFeatureExtractor
 from engine.models.colour import to_gray
 from engine.models.preprocess import GRID_STRIDE, grid_to_work
 
@@ -87,7 +89,8 @@ class InferenceCore(nn.Module):
 
     def __init__(self, extractor: PatchFeatureExtractor, bank: torch.Tensor, height: int,
                  width: int, *, gray: bool, match_intensity: bool,
-                 intensity: tuple[float, float], n_neighbors: int, blur_sigma: float) -> None:
+                 intensity: tuple[float, float], n_neighbors: int, blur_sigma: float,
+                 alignment: FeatureAlignment | None = None) -> None:
         super().__init__()
         if height % GRID_STRIDE or width % GRID_STRIDE or min(height, width) < 32:
             raise ValueError(f"working size {height}x{width}: both sides must be multiples of "
@@ -96,6 +99,8 @@ class InferenceCore(nn.Module):
             raise ValueError(f"the bank {tuple(bank.shape)} must be [N, D] with N >= "
                              f"n_neighbors = {n_neighbors}")
         self.extractor = extractor.eval()
+        #: None: no submodule, so the graph of a model without alignment is what it was
+        self.alignment = alignment
         self.height, self.width = int(height), int(width)
         self.gray = bool(gray)
         self.match_intensity = bool(match_intensity)
@@ -117,8 +122,9 @@ class InferenceCore(nn.Module):
         """The core of a fitted model at working size ``height`` x ``width`` (CPU copy).
 
         Reads only what scoring reads: the extractor, the bank, ``state.gray``,
-        ``state.intensity`` and the config's ``match_intensity``, ``n_neighbors`` and
-        ``blur_sigma``. A CPU extractor is shared, not copied (it is never trained).
+        ``state.intensity``, the feature alignment (``model.feature_alignment()``) and the
+        config's ``match_intensity``, ``n_neighbors`` and ``blur_sigma``. A CPU extractor is
+        shared, not copied (it is never trained).
         """
         if model.bank is None:
             raise ValueError("the model has no memory bank yet: fit or load it before export")
@@ -129,7 +135,7 @@ class InferenceCore(nn.Module):
         core = cls(extractor, model.bank.vectors, height, width,
                    gray=model.state.gray, match_intensity=config.match_intensity,
                    intensity=model.state.intensity, n_neighbors=config.n_neighbors,
-                   blur_sigma=config.blur_sigma)
+                   blur_sigma=config.blur_sigma, alignment=model.feature_alignment())
         return core.to("cpu")
 
     @property
@@ -167,6 +173,8 @@ class InferenceCore(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = _EXTRACT(self.extractor, self.prepare(images))
+        if self.alignment is not None:
+            features = self.alignment(features)
         work = self.rows @ self.patch_scores(features) @ self.cols_t  # [B, H, W]
         scores = work.flatten(1).max(dim=1).values
         return scores, work.unsqueeze(1)

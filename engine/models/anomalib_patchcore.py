@@ -28,7 +28,7 @@ from engine.models.base import (
     ProgressFn,
     ScoreResult,
     read_model_json,
-    read_verified,
+    read_tensor_file,
     require,
 )
 from engine.models.preprocess import resize_map
@@ -151,19 +151,13 @@ class AnomalibPatchCore:
     def load(cls, directory: Path, files: Mapping[str, str] | None = None,
              device: str | None = None) -> AnomalibPatchCore:
         """Rebuild from ``save``'s files (every file named in ``files`` verified first)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load
-
         directory = Path(directory)
         payload = read_model_json(directory, files, cls.name)
-        bank_name = str(require(payload, "bank_file", directory))
-        expected = (files or {}).get(bank_name) or payload.get("bank_sha256")
-        data = read_verified(directory, bank_name, {bank_name: expected} if expected else None)
-        try:
-            bank = load(data)["memory_bank"]
-        except (SafetensorError, KeyError, ValueError, RuntimeError) as exc:
-            raise ModelStateError(f"{directory / bank_name} is not an anomalib bank: {exc}"
-                                  ) from None
+        tensors = read_tensor_file(directory, payload, "bank_file", files)
+        if "memory_bank" not in tensors:
+            raise ModelStateError(f"{directory / str(payload['bank_file'])} is not an anomalib "
+                                  "bank: it holds no 'memory_bank'")
+        bank = tensors["memory_bank"]
         try:
             model = cls(backbone=str(require(payload, "backbone", directory)),
                         coreset_ratio=float(require(payload, "coreset_ratio", directory)),

@@ -169,6 +169,26 @@ def read_model_json(directory: Path, files: Mapping[str, str] | None, model: str
     return payload
 
 
+def read_tensor_file(directory: Path, payload: Mapping[str, Any], file_key: str,
+                     files: Mapping[str, str] | None) -> dict[str, Any]:
+    """The safetensors file ``model.json`` names under ``file_key``, verified against the
+    manifest (else the sha256 ``model.json`` records as ``<stem>_sha256``), as tensors.
+
+    ``file_key`` is e.g. ``"bank_file"``; its sha256 key is ``"bank_sha256"``.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    name = str(require(payload, file_key, directory))
+    expected = (files or {}).get(name) or payload.get(file_key.removesuffix("_file") + "_sha256")
+    data = read_verified(directory, name, {name: expected} if expected else None)
+    try:
+        return load(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise ModelStateError(f"{Path(directory) / name} is not a safetensors file: {exc}"
+                              ) from None
+
+
 def require(payload: Mapping[str, Any], key: str, directory: Path) -> Any:
     """``payload[key]`` or a one-line error naming the file and the key."""
     try:

@@ -8,6 +8,10 @@ Differences from stock PatchCore, each kept because it measurably helps with few
 - the full bank while it is small, a greedy coreset only above ``max_bank`` vectors, which also
   bounds scoring time: exact kNN costs queries x bank x dim;
 - anomaly maps smoothed at the working resolution and brought back to the original size.
+
+Options against lighting drift (issue 14, bench/domain_shift.py): intensity matching of the input
+(on by default), per-image feature normalization, and two that use the training patches'
+per-channel statistics (``normalization="batch"``, ``style_align``), kept in their own state file.
 """
 
 from __future__ import annotations
@@ -17,17 +21,27 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast, get_args
 
 import cv2
 import numpy as np
+import safetensors.torch
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import save_file
 
-from engine.artifacts import write_json_atomic
+from engine.artifacts import atomic_write, write_json_atomic
 from engine.backbones import DEFAULT_BACKBONE
 from engine.coreset import CANDIDATE_FACTOR, CHUNK_ROWS, GreedyCoresetSampler
 from engine.device import pick_device
-from engine.features import Normalization, PatchFeatureExtractor
+from engine.features import (
+    NORMALIZATIONS,
+    ChannelStats,
+    FeatureAlignment,
+    ImageNormalization,
+    Normalization,
+    PatchFeatureExtractor,
+)
 from engine.memory_bank import BankIntegrityError, IncrementalMemoryBank, MemoryBank
 from engine.models.augment_views import (
     ViewMode,
@@ -67,6 +81,8 @@ ScaleMode = Literal["shared", "per_image"]
 MAX_SIDE_FACTOR = 2
 
 BANK_FILE = "bank.safetensors"
+#: the training patches' per-channel mean/std (``normalization="batch"``, ``style_align``)
+STATS_FILE = "feature_stats.safetensors"
 #: model.json layout: 2 = provenance records per (image, view); 1 (no key) = "images" by index.
 STATE_FORMAT_VERSION = 2
 #: model.json's "feature_alignment": the stride-16 stage sits on the stride-8 cells it covers
@@ -83,7 +99,12 @@ class FewShotConfig:
     views: ViewMode = "auto"
     max_bank: int = 5_000
     n_neighbors: int = 1
+    #: "instance" / "layer": each image's stages normalized on their own; "batch": every channel
+    #: standardized with the training patches' mean/std (engine.features.FeatureAlignment)
     normalization: Normalization = "none"
+    #: AdaIN: each image's per-channel feature mean/std set to the training patches' (the
+    #: bank's views and every scored image alike) before the bank lookup
+    style_align: bool = False
     blur_sigma: float = 4.0
     match_intensity: bool = True
     #: "auto": brightness only when the good shots disagree on colour (engine.models.colour)
@@ -101,10 +122,26 @@ class FewShotConfig:
             raise ValueError(f"max_bank must be at least 100, got {self.max_bank}")
         if not 1 <= self.n_neighbors <= 16:
             raise ValueError(f"n_neighbors must be in [1, 16], got {self.n_neighbors}")
+        if self.views not in get_args(ViewMode):
+            raise ValueError(f"views must be one of {', '.join(get_args(ViewMode))}, got "
+                             f"{self.views!r}")
         if self.scale not in ("shared", "per_image"):
             raise ValueError(f"scale must be shared or per_image, got {self.scale!r}")
         if self.colour not in ("auto", "rgb", "gray"):
             raise ValueError(f"colour must be auto, rgb or gray, got {self.colour!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be none, instance, layer or batch, got "
+                             f"{self.normalization!r}")
+        if not isinstance(self.style_align, bool):
+            raise ValueError(f"style_align must be true or false, got {self.style_align!r}")
+        if self.style_align and self.normalization == "instance":
+            raise ValueError("style_align does nothing with normalization 'instance' (every "
+                             "image's channels are standardized already): choose one")
+
+    @property
+    def uses_feature_stats(self) -> bool:
+        """Whether the model keeps the training patches' per-channel statistics."""
+        return self.normalization == "batch" or self.style_align
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> FewShotConfig:
@@ -157,6 +194,9 @@ class FewShotState:
     #: working pixels per original pixel for every image (``config.scale`` "shared"); None:
     #: each image's long side is scaled to ``config.image_size``
     scale_factor: float | None = None
+    #: per-channel mean/std of every training patch of the first fit (None unless
+    #: ``config.uses_feature_stats``)
+    feature_stats: ChannelStats | None = None
 
 
 class BankUpdate(NamedTuple):
@@ -179,13 +219,17 @@ class FewShotPatchCore:
 
     name = "kensa_patchcore"
     capabilities = frozenset({Capability.MEMORY_BANK, Capability.INCREMENTAL_UPDATE,
+                              Capability.EXPORT,
                               Capability.NEAREST_PATCHES})
 
     def __init__(self, config: FewShotConfig | None = None, device: str | None = None) -> None:
         self.config = config or FewShotConfig()
         self.device = pick_device(device)
+        # "batch" needs the shots' statistics: applied after the extractor (feature_alignment)
+        per_image = cast(ImageNormalization, "none" if self.config.normalization == "batch"
+                         else self.config.normalization)
         self.extractor = PatchFeatureExtractor(
-            self.config.backbone, normalization=self.config.normalization
+            self.config.backbone, normalization=per_image
         ).to(self.device)
         self.bank: MemoryBank | None = None
         self.state = FewShotState(self.config)
@@ -228,8 +272,25 @@ class FewShotPatchCore:
         return int(min(MAX_SIDE_FACTOR * self.config.image_size, max(64, side)))
 
     def _features(self, tensor: torch.Tensor) -> torch.Tensor:
-        """[1,3,h,w] -> [1,D,h/8,w/8]."""
-        return self.extractor(self._prepare(tensor))
+        """[1,3,h,w] -> [1,D,h/8,w/8], aligned as the bank's vectors are."""
+        feats = self.extractor(self._prepare(tensor))
+        alignment = self.feature_alignment()
+        if alignment is None:
+            return feats
+        with torch.inference_mode():
+            return alignment(feats)
+
+    def feature_alignment(self) -> FeatureAlignment | None:
+        """The per-channel alignment of this state's features, or None when it has none.
+
+        Built from ``state.feature_stats`` on each call (two [D] vectors: cheap), so an
+        updated model, which shares the extractor, can never see another state's statistics.
+        """
+        stats = self.state.feature_stats
+        if stats is None or not self.config.uses_feature_stats:
+            return None
+        return FeatureAlignment(stats, standardize=self.config.normalization == "batch",
+                                style_align=self.config.style_align).to(self.device)
 
     def _prepare(self, tensor: torch.Tensor) -> torch.Tensor:
         """The backbone's input: grey if the bank reads brightness only, intensity-matched."""
@@ -283,8 +344,12 @@ class FewShotPatchCore:
         patches = sum((t.shape[-2] // GRID_STRIDE) * (t.shape[-1] // GRID_STRIDE)
                       for t in tensors) * len(views)
         extracted = max(plan.prepare, replace(plan, patches=patches).extracted)
-        all_vectors, all_provenance = self.embed(tensors, views, first_id, progress=progress,
-                                                 span=(plan.prepare, extracted))
+        blocks, all_provenance = self._embed_views(tensors, views, first_id, progress=progress,
+                                                   span=(plan.prepare, extracted))
+        if self.config.uses_feature_stats:  # every training patch, before the coreset
+            self.state.feature_stats = ChannelStats.of(torch.cat(blocks))
+        all_vectors = self._aligned(blocks)
+        del blocks
         bank = MemoryBank(all_vectors, all_provenance)
         if len(bank) > self.config.max_bank:
             if progress:
@@ -316,9 +381,34 @@ class FewShotPatchCore:
         """Patch vectors of every view of every image, provenance in original coordinates.
 
         Shared by ``fit`` and ``update``, so new good images enter the bank exactly as the
-        first shots did. View v of image i gets record id ``first_id + i * len(views) + v``,
-        the numbering :func:`_records` uses. Progress runs over ``span`` of the caller's 0..1.
+        first shots did (aligned with this state's feature statistics, if it uses them). View v
+        of image i gets record id ``first_id + i * len(views) + v``, the numbering
+        :func:`_records` uses. Progress runs over ``span`` of the caller's 0..1.
         """
+        blocks, provenance = self._embed_views(tensors, views, first_id, progress, span)
+        return self._aligned(blocks), provenance
+
+    def _aligned(self, blocks: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One [M, D] block per (image, view), aligned view by view, as one [N, D] tensor.
+
+        Style alignment takes each view's statistics over that view's cells, as scoring takes
+        an image's over its grid, so a training image scored again meets its own vectors.
+        """
+        alignment = self.feature_alignment()
+        if alignment is None:
+            return torch.cat(list(blocks))
+        with torch.inference_mode():
+            return torch.cat([alignment.vectors(block) for block in blocks])
+
+    def _embed_views(
+        self,
+        tensors: Sequence[torch.Tensor],
+        views: Sequence[View],
+        first_id: int,
+        progress: ProgressFn | None,
+        span: tuple[float, float],
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``embed`` before alignment: one raw [M, D] block per (image, view)."""
         vectors: list[torch.Tensor] = []
         provenance: list[torch.Tensor] = []
         for offset, tensor in enumerate(tensors):
@@ -331,7 +421,7 @@ class FewShotPatchCore:
                     feats = self.extractor(viewed.to(self.device))[0]  # [D,h',w']
                 else:
                     viewed, coords, keep = apply_view(tensor, view), None, None
-                    feats = self._features(viewed)[0]
+                    feats = self.extractor(self._prepare(viewed))[0]
                 flat = feats.flatten(1).T
                 if coords is None:
                     coords = view_provenance(gh, gw, view)
@@ -348,7 +438,7 @@ class FewShotPatchCore:
             if progress:
                 lo, hi = span
                 progress("extracting features", lo + (hi - lo) * (offset + 1) / len(tensors))
-        return torch.cat(vectors), torch.cat(provenance)
+        return vectors, torch.cat(provenance)
 
     # -- incremental update -----------------------------------------------------------------
     def update(
@@ -362,6 +452,11 @@ class FewShotPatchCore:
         ``first_id`` must be above every id ever issued for this model's bank (the database
         allocates it; default: one past this state's records). This model is left unchanged,
         so a cached copy keeps scoring with the old bank.
+
+        The feature statistics (``normalization="batch"``, ``style_align``) stay those of the
+        first fit: every vector already in the bank was standardized/aligned with them, so new
+        statistics would put the new vectors and every scored image in other coordinates than
+        the old vectors, and distances between the two would mean nothing.
         """
         if self.bank is None:
             raise RuntimeError("the model has no memory bank yet: call fit() or load() first")
@@ -386,7 +481,7 @@ class FewShotPatchCore:
         grown.bank = result.bank
         grown.state = FewShotState(self.config, [*self.records, *records], self.state.n_shots,
                                    self.state.n_patches, self.state.intensity, self.state.gray,
-                                   self.state.scale_factor)
+                                   self.state.scale_factor, self.state.feature_stats)
         return BankUpdate(grown, records, result.added, result.skipped, result.recoreset,
                           result.threshold)
 
@@ -477,6 +572,13 @@ class FewShotPatchCore:
         directory.mkdir(parents=True, exist_ok=True)
         bank_sha = self.bank.save(directory / BANK_FILE,
                                   metadata={"backbone": self.config.backbone})
+        files = {BANK_FILE: bank_sha}
+        stats = self.state.feature_stats
+        if stats is not None:
+            tensors = {"mean": stats.mean.detach().cpu().contiguous(),
+                       "std": stats.std.detach().cpu().contiguous()}
+            files[STATS_FILE] = atomic_write(directory / STATS_FILE, lambda tmp: save_file(
+                tensors, tmp, metadata={"format": "kensa.feature_stats/1"}))
         payload = {
             "model": self.name,
             "format_version": STATE_FORMAT_VERSION,
@@ -490,8 +592,10 @@ class FewShotPatchCore:
             "feature_alignment": FEATURE_ALIGNMENT if self.extractor.align_coarse else None,
             "bank_file": BANK_FILE,
             "bank_sha256": bank_sha,
+            **({"stats_file": STATS_FILE, "stats_sha256": files[STATS_FILE]}
+               if stats is not None else {}),
         }
-        return {BANK_FILE: bank_sha, MODEL_FILE: write_json_atomic(directory / MODEL_FILE, payload)}
+        return {**files, MODEL_FILE: write_json_atomic(directory / MODEL_FILE, payload)}
 
     @classmethod
     def load(cls, directory: Path, files: Mapping[str, str] | None = None,
@@ -523,7 +627,7 @@ class FewShotPatchCore:
         bank_name = str(require(payload, "bank_file", directory))
         expected = payload.get("bank_sha256")
         if files is not None:
-            banks = [n for n in files if n.endswith(".safetensors")]
+            banks = [n for n in files if n.endswith(".safetensors") and n != STATS_FILE]
             if bank_name not in files and len(banks) == 1:
                 bank_name = banks[0]
             if bank_name not in files:
@@ -535,7 +639,36 @@ class FewShotPatchCore:
             model.bank = MemoryBank.from_bytes(data, directory / bank_name).to(model.device)
         except BankIntegrityError as exc:
             raise ModelStateError(str(exc)) from None
+        model.state.feature_stats = _stored_stats(payload, directory, files, model.config,
+                                                  model.bank.dim)
         return model
+
+
+def _stored_stats(payload: Mapping[str, Any], directory: Path, files: Mapping[str, str] | None,
+                  config: FewShotConfig, dim: int) -> ChannelStats | None:
+    """The feature statistics a state names, verified; None for a state that uses none.
+
+    The sha256 comes from the manifest, else from ``model.json`` (itself verified when a
+    manifest is given), so an altered statistics file is refused either way.
+    """
+    name = payload.get("stats_file")
+    if name is None:
+        if config.uses_feature_stats:
+            raise ModelStateError(f"model description {Path(directory) / MODEL_FILE} uses "
+                                  f"feature statistics but names no stats_file")
+        return None
+    name = str(name)
+    expected = (files or {}).get(name, payload.get("stats_sha256"))
+    data = read_verified(directory, name, {name: str(expected)} if expected else None)
+    try:
+        tensors = safetensors.torch.load(data)
+        stats = ChannelStats(tensors["mean"].float(), tensors["std"].float())
+        stats.check(dim)
+    except (SafetensorError, ValueError, RuntimeError, KeyError) as exc:
+        message = f"lacks {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+        raise ModelStateError(f"feature statistics {Path(directory) / name}: {message}"
+                              ) from None
+    return stats
 
 
 def shared_scale(config: FewShotConfig, shots: Sequence[np.ndarray]) -> float | None:

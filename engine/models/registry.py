@@ -29,6 +29,9 @@ class ModelSpec:
     capabilities: frozenset[Capability]
     default_config: Mapping[str, Any] = field(default_factory=dict)
     target: str = ""
+    #: takes tens of minutes per training without a GPU (left out of a comparison unless
+    #: asked for, so that "Compare models" stays a matter of minutes on a plain PC)
+    slow_without_gpu: bool = False
 
     @property
     def cls(self) -> type[AnomalyModel]:
@@ -57,10 +60,11 @@ register(ModelSpec(
     ),
     needs_network=False,
     capabilities=frozenset({Capability.MEMORY_BANK, Capability.INCREMENTAL_UPDATE,
-                            Capability.NEAREST_PATCHES}),
+                            Capability.NEAREST_PATCHES, Capability.EXPORT}),
     default_config={
         "backbone": "efficientnet_lite0", "image_size": 384, "views": "auto",
-        "max_bank": 5_000, "n_neighbors": 1, "normalization": "none", "blur_sigma": 4.0,
+        "max_bank": 5_000, "n_neighbors": 1, "normalization": "none", "style_align": False,
+        "blur_sigma": 4.0,
         "match_intensity": True, "colour": "auto", "scale": "shared",
         "seed": 0,
     },
@@ -82,9 +86,109 @@ register(ModelSpec(
 ))
 
 
+# --------------------------------------------------------------------- the anomalib zoo
+# Offline: the bundled EfficientNet-Lite0 stands in for each paper's ResNet (stages chosen by
+# stride, see engine.models.anomalib_zoo). Scores are raw; Kensa sets the threshold.
+_ZOO = "engine.models.anomalib_zoo:"
+_LITE = {"backbone": "efficientnet_lite0", "image_size": 256, "batch_size": 8}
+_TRAINED = {"epochs": 10, "patience": 0}
+
+register(ModelSpec(
+    name="anomalib_padim",
+    title="PaDiM (anomalib)",
+    description=(
+        "Learns, for every position in the image, the average look of good parts and how much "
+        "it varies (a Gaussian per patch position). Trains in one pass and scores fast, but "
+        "expects parts to sit in the same place in every image."
+    ),
+    needs_network=False, capabilities=frozenset({Capability.EXPORT}),
+    default_config={**_LITE, "n_features": 100, "seed": 0},
+    target=_ZOO + "AnomalibPadim",
+))
+register(ModelSpec(
+    name="anomalib_dfm",
+    title="DFM (anomalib)",
+    description=(
+        "Describes good images by their main feature directions (PCA) and flags patches the "
+        "good directions cannot rebuild. One pass, very small model, fast."
+    ),
+    needs_network=False, capabilities=frozenset({Capability.EXPORT}),
+    default_config={**_LITE, "pca_level": 0.97, "seed": 0},
+    target=_ZOO + "AnomalibDfm",
+))
+register(ModelSpec(
+    name="anomalib_dfkde",
+    title="DFKDE (anomalib)",
+    description=(
+        "Estimates how likely a whole image's features are among the good images (kernel "
+        "density). Gives one score per image and no map of where the defect is; needs at "
+        "least two good images."
+    ),
+    needs_network=False, capabilities=frozenset({Capability.EXPORT}),
+    default_config={**_LITE, "n_pca_components": 16, "seed": 0},
+    target=_ZOO + "AnomalibDfkde",
+))
+register(ModelSpec(
+    name="anomalib_cflow",
+    title="CFlow (anomalib)",
+    description=(
+        "A normalizing flow learns the probability of good patch features, position by "
+        "position. Trained over several epochs (slower to train than PatchCore); good maps."
+    ),
+    needs_network=False, capabilities=frozenset({Capability.EXPORT}),
+    default_config={**_LITE, **_TRAINED, "lr": 1e-4, "seed": 0},
+    target=_ZOO + "AnomalibCflow",
+))
+register(ModelSpec(
+    name="anomalib_draem",
+    title="DRAEM (anomalib)",
+    description=(
+        "Two networks trained from scratch on good images with painted-in synthetic defects "
+        "(procedural textures, no download): one repaints the image, one finds what changed. "
+        "Needs many epochs; very slow without a GPU."
+    ),
+    needs_network=False, capabilities=frozenset({Capability.EXPORT}),
+    default_config={"image_size": 256, "batch_size": 8, **_TRAINED, "seed": 0},
+    target=_ZOO + "AnomalibDraem",
+    slow_without_gpu=True,
+))
+
+#: anomalib models whose class downloads weights or data: offered with network access only
+#: (engine.models.anomalib_zoo.NETWORK_ONLY says why for each).
+for _name, _title, _cls, _description in (
+    ("anomalib_reverse_distillation", "Reverse Distillation (anomalib)",
+     "OnlineReverseDistillation",
+     "A student network learns to rebuild a pretrained teacher's features of good parts."),
+    ("anomalib_stfpm", "STFPM (anomalib)", "OnlineStfpm",
+     "A student network learns to imitate a pretrained teacher on good parts; defects are "
+     "where they disagree."),
+    ("anomalib_fastflow", "FastFlow (anomalib)", "OnlineFastflow",
+     "A 2D normalizing flow over pretrained features; fast at inspection time."),
+    ("anomalib_efficient_ad", "EfficientAD (anomalib)", "OnlineEfficientAd",
+     "Student-teacher with an autoencoder, built for real-time inspection."),
+    ("anomalib_csflow", "CS-Flow (anomalib)", "OnlineCsflow",
+     "A cross-scale normalizing flow over EfficientNet-B5 features."),
+    ("anomalib_cfa", "CFA (anomalib)", "OnlineCfa",
+     "Coupled-hypersphere feature adaptation of pretrained patch features."),
+    ("anomalib_winclip", "WinCLIP (anomalib)", "OnlineWinClip",
+     "Zero- and few-shot detection from CLIP's image and text features."),
+    ("anomalib_dinomaly", "Dinomaly (anomalib)", "OnlineDinomaly",
+     "Reconstruction of DINOv2 features by a transformer decoder."),
+    ("anomalib_supersimplenet", "SuperSimpleNet (anomalib)", "OnlineSupersimplenet",
+     "A feature adaptor and a discriminator trained with synthetic feature-space defects."),
+):
+    register(ModelSpec(
+        name=_name, title=_title, description=_description + " Needs network access.",
+        needs_network=True, capabilities=frozenset(),
+        default_config={"image_size": 256, "batch_size": 8, **_TRAINED, "seed": 0},
+        target=_ZOO + _cls,
+    ))
+
+
 def available() -> list[ModelSpec]:
-    """Registered models, the default first."""
-    return sorted(_SPECS.values(), key=lambda s: (s.name != DEFAULT_MODEL, s.name))
+    """Registered models: the default first, then those that work offline, then by name."""
+    return sorted(_SPECS.values(), key=lambda s: (s.name != DEFAULT_MODEL, s.needs_network,
+                                                  s.name))
 
 
 def names() -> list[str]:

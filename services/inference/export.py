@@ -16,10 +16,13 @@ renamed into place only after the check passed, so a refused, failed or cancelle
 leaves the previous one (if any) untouched and nothing half-written. ``export.json`` beside
 the files says how to feed and read the model (input size, threshold, normalization).
 
-Only Kensa's own model (``kensa_patchcore``) is exported here. Stock anomalib models would go
-through anomalib's exporter instead (``Engine.export`` / ``ExportMixin.to_onnx`` /
-``to_openvino``, which bundle their pre- and post-processing), behind the same
-``export_model`` call, the same folder layout and the same parity check.
+Every model that declares ``Capability.EXPORT`` is exported the same way: Kensa's own model
+through :class:`engine.export.core.InferenceCore` (the bank as a buffer), the anomalib zoo
+through its ``export_core`` (anomalib's pre-processing normalisation and torch model, the graph
+anomalib's own ``to_onnx`` traces, without its post-processor: Kensa's threshold and
+normalization stay in ``export.json``). Same tracer, same folder layout, same parity check.
+Stock anomalib PatchCore declares no export (its scores go through a coreset kNN whose tracing
+was not verified) and is refused in words.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import db.repositories as repo
 from db.models import ModelVersion, Project, RunStatus
 from engine.artifacts import write_json_atomic
 from engine.data import ImageLoadError, load_image
+from engine.models import Capability, registry
 from services.context import Kensa
 from services.data.projects import active_model_version, require_project
 from services.inference.batches import (
@@ -48,8 +52,8 @@ from services.inference.batches import (
 from services.wording import model_name, model_numbers
 
 KIND = "export"
-#: the only model this module exports (see the module docstring for anomalib's models)
-ALGORITHM = "kensa_patchcore"
+#: the model whose files are built from Kensa's own inference core
+KENSA = "kensa_patchcore"
 FORMAT_TITLES = {"openvino": "OpenVINO", "onnx": "ONNX"}
 MANIFEST = "export.json"
 #: validation images the parity check scores at most (a deterministic spread beyond)
@@ -60,6 +64,22 @@ ProgressFn = Callable[[str, float], None]
 
 class ExportRefused(ValueError):
     """The export cannot be made or did not match the app (the message says which and why)."""
+
+
+def _exportable(algorithm: str) -> bool:
+    try:
+        return Capability.EXPORT in registry.spec(algorithm).capabilities
+    except ValueError:  # a model no longer registered
+        return False
+
+
+def _core_and_rule(model: Any, algorithm: str, height: int, width: int) -> tuple[Any, str]:
+    """The module to trace and, in words, how a deployment must size its input."""
+    if algorithm == KENSA:
+        from engine.export.core import InferenceCore
+
+        return InferenceCore.from_model(model, height, width), _resize_rule(model, height, width)
+    return model.export_core(height, width), model.resize_rule(height, width)
 
 
 def _resize_rule(model: Any, height: int, width: int) -> str:
@@ -118,9 +138,9 @@ def _resolve(session: Any, project_name: str, model_number: int | None,
     proj = require_project(session, project_name)
     mv = _model_version(session, proj, model_number, model_version_id)
     label = model_name(model_numbers(session, proj.id).get(mv.id))
-    if mv.algorithm != ALGORITHM:
-        raise ExportRefused(f"{label} is {mv.algorithm}; export covers Kensa's own model "
-                            f"({ALGORITHM}) only so far")
+    if not _exportable(mv.algorithm):
+        raise ExportRefused(f"{label} is {mv.algorithm}, which cannot be exported; Kensa "
+                            "PatchCore and the offline anomalib models can")
     return proj, mv, label
 
 
@@ -167,7 +187,6 @@ def export_model(ctx: Kensa, project_name: str, fmt: str, fp16: bool = False,
     """
     import torch
 
-    from engine.export.core import InferenceCore
     from engine.export.formats import CPU_CONFIG, ExportedRunner, export_core
     from engine.export.parity import ParityError, compare, require_parity
 
@@ -203,7 +222,7 @@ def export_model(ctx: Kensa, project_name: str, fmt: str, fp16: bool = False,
     report("scoring with the app", 0.2)
     app_scores = model.score([images[i] for i in keep]).scores
     report("writing the files", 0.35)
-    core = InferenceCore.from_model(model, height, width)
+    core, resize_rule = _core_and_rule(model, mv.algorithm, height, width)
     exports = active.model_dir / "export"
     final = exports / folder_name(fmt, fp16)
     building = exports / f".{final.name}-{uuid.uuid4().hex[:8]}"
@@ -224,13 +243,13 @@ def export_model(ctx: Kensa, project_name: str, fmt: str, fp16: bool = False,
         except ParityError as exc:
             raise ExportRefused(str(exc)) from None
         manifest = {
-            "model": ALGORITHM, "project": proj.name, "model_version_id": mv.id,
+            "model": mv.algorithm, "project": proj.name, "model_version_id": mv.id,
             "model_label": label, "bank_version": active.bank_version,
             "state_digest": active.state_digest, "format": fmt, "fp16": bool(fp16),
             "main_file": exported.main, "files": exported.files,
             "input": {"name": "images", "shape": list(exported.input_shape),
                       "dtype": "float32", "range": [0.0, 1.0], "layout": "NCHW RGB",
-                      "resize": _resize_rule(model, height, width)},
+                      "resize": resize_rule},
             "outputs": {"scores": "raw image score [B]",
                         "maps": f"raw anomaly map [B,1,{height},{width}]"},
             "threshold": active.rule.value, "threshold_method": active.rule.method,
@@ -305,7 +324,7 @@ def export_target(ctx: Kensa, project: str) -> dict[str, Any] | None:
             return None
         return {"model_version_id": mv.id, "algorithm": mv.algorithm,
                 "label": model_name(model_numbers(s, proj.id).get(mv.id)),
-                "exportable": mv.algorithm == ALGORITHM}
+                "exportable": _exportable(mv.algorithm)}
 
 
 def export_job(ctx: Kensa, project: str, model_version_id: int) -> dict[str, Any] | None:

@@ -270,3 +270,21 @@ def _export_store(result: dict[str, Any]) -> dict[str, Any]:
 
 
 register(JobKind("export", "export", _export, _export_store))
+
+
+# --------------------------------------------------------------------------- compare_models
+
+
+def _compare(ctx: Kensa, job: JobInfo, report: Report) -> dict[str, Any]:
+    """Every candidate model fitted on the same shots and measured on the same held-out
+    images, each in its own child process (one crash is one failed row); the pick and why.
+    Creates no model version: the result IS the comparison."""
+    from services.training.compare import run_comparison
+
+    p = job.payload
+    return run_comparison(ctx, p["name"], candidates=p["candidates"], shots=p.get("shots"),
+                          seed=int(p.get("seed", 0)), params=p.get("params") or {},
+                          progress=report, cancelled=report.cancelled)
+
+
+register(JobKind("compare_models", "model comparison", _compare))

@@ -15,8 +15,10 @@ import db.repositories as repo
 from db.models import ACTIVE_STATUSES, utcnow
 from engine.backbones import DEFAULT_BACKBONE, REGISTRY
 from engine.models import registry
+from engine.models.recommend import prior
 from services.context import Kensa
 from services.data.projects import require_project
+from services.training.compare import comparison_result
 from services.training.fit import (
     AUGMENTED_COPIES,
     FIT_S,
@@ -36,6 +38,8 @@ from services.training.project import (
 )
 from services.wording import model_name
 
+#: The model a project trains unless another is chosen (Kensa's own few-shot PatchCore).
+DEFAULT_MODEL = registry.DEFAULT_MODEL
 IMAGE_SIZE_RANGE = (128, 768)
 #: A queued run whose worker has not written anything after this long is reported as stuck.
 STUCK_QUEUED_S = 90
@@ -59,6 +63,35 @@ SEED_MAX = 999_999
 #: Good images that must stay out of training when there are no defect images, so that the
 #: threshold can be set from the spread of held-out good scores (mean + 3 sigma needs two).
 MIN_HELD_OUT_GOOD = held_out_needed(0)
+
+
+#: Settings of Kensa's own model; the page shows each only for models whose default_config
+#: has the key (a model that has no colour rule gets no colour question).
+KENSA_SETTINGS = ("backbone", "image_size", "colour", "views")
+#: Settings of models trained in an optimisation loop, with their safe ranges: epochs, images
+#: per step, and early stopping (epochs without improvement before it stops; 0: off).
+TRAINING_RANGES = {"epochs": (1, 500), "batch_size": (1, 128), "patience": (0, 100)}
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One registered model as the Training page offers it."""
+
+    name: str
+    title: str
+    description: str
+    needs_network: bool
+    defaults: dict[str, Any]
+    #: why it sits where it does: the decision table's reason, or the comparison's for the pick
+    reason: str
+    #: chosen by a comparison on this project's images (not only by the table)
+    measured: bool = False
+    #: tens of minutes per training without a GPU (see ModelSpec.slow_without_gpu)
+    slow_without_gpu: bool = False
+
+    def has(self, key: str) -> bool:
+        """Whether the model has this setting (the page shows only the ones it has)."""
+        return key in self.defaults
 
 
 @dataclass(frozen=True)
@@ -86,6 +119,8 @@ class TrainingSetup:
     duration: str = ""
     #: which preset adds how many augmented copies per good image, in words
     augmentation: str = ""
+    #: every registered model, the recommended one first (a comparison's pick, else the table's)
+    models: list[ModelChoice] = field(default_factory=list)
 
     @property
     def can_train(self) -> bool:
@@ -229,6 +264,26 @@ def augmentation_words(ctx: Kensa, name: str) -> str:
             f"most {MAX_AUGMENTED} copies in all, from an even spread of the images).")
 
 
+def model_choices(n_good: int, n_defect: int, comparison: dict[str, Any] | None = None
+                  ) -> list[ModelChoice]:
+    """Every registered model, ranked: the newest comparison's pick first (measurement
+    overrides the table), then the decision table's order (:func:`engine.models.recommend
+    .prior`, texture or object left to measurement)."""
+    ranked = prior(n_good, n_defect)
+    picked = (comparison or {}).get("pick")
+    if picked in registry.names():
+        ranked.sort(key=lambda item: item[0] != picked)
+    out = []
+    for model, reason in ranked:
+        spec = registry.spec(model)
+        measured = model == picked
+        out.append(ModelChoice(model, spec.title, spec.description, spec.needs_network,
+                               dict(spec.default_config),
+                               comparison["reason"] if measured and comparison else reason,
+                               measured, slow_without_gpu=spec.slow_without_gpu))
+    return out
+
+
 def training_setup(ctx: Kensa, name: str) -> TrainingSetup:
     with ctx.session(readonly=True) as s:
         project = require_project(s, name)
@@ -241,7 +296,8 @@ def training_setup(ctx: Kensa, name: str) -> TrainingSetup:
                        if split == "train" and label == "good")
     n_good = sum(n for (_, label, _), n in counts.items() if label == "good")
     n_defect = sum(n for (_, label, _), n in counts.items() if label == "defect")
-    model = registry.spec(registry.DEFAULT_MODEL)
+    models = model_choices(n_good_train, n_defect, comparison_result(ctx, name))
+    first = models[0]
     runs = list_model_versions(ctx, name)
     has_preset = _training_preset_name(ctx, name) is not None
     n_train = n_good_train - max(0, held_out_needed(n_defect) - (n_good - n_good_train))
@@ -254,35 +310,70 @@ def training_setup(ctx: Kensa, name: str) -> TrainingSetup:
         n_good_train=n_good_train,
         n_good_other=n_good - n_good_train,
         n_defect=n_defect,
-        algorithm=model.name,
-        title=model.title,
-        reasons=_reasons(n_good_train, n_good - n_good_train, n_defect),
+        algorithm=first.name,
+        title=first.title,
+        reasons=(_reasons(n_good_train, n_good - n_good_train, n_defect)
+                 if first.name == registry.DEFAULT_MODEL and not first.measured
+                 else [("Measured on this project's images. " if first.measured else "")
+                       + first.reason]),
         backbones=backbones,
         default_backbone=DEFAULT_BACKBONE,
-        default_image_size=int(model.default_config["image_size"]),
+        default_image_size=_default_image_size(),
         active=active,
         duration=_duration_words(runs, max(1, n_train), n_held, planned_extras(
             max(1, n_train), n_good - n_train, n_defect, has_preset)),
         augmentation=augmentation_words(ctx, name),
+        models=models,
     )
 
 
-def start_training(ctx: Kensa, name: str, *, shots: int | None, seed: int, backbone: str,
-                   image_size: int, colour: str = "auto", any_angle: bool = False) -> int:
-    """Queue a run and hand it to the job queue; returns at once with the model version id."""
-    lo, hi = IMAGE_SIZE_RANGE
-    if not lo <= image_size <= hi:
-        raise ValueError(f"image size must be between {lo} and {hi} pixels")
-    if backbone not in REGISTRY:
-        raise ValueError(f"unknown backbone {backbone!r}")
+def model_params(algorithm: str, *, backbone: str | None = None, image_size: int | None = None,
+                 colour: str = "auto", any_angle: bool = False,
+                 params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The parameters a training of ``algorithm`` records: the page's settings, each only
+    when the model has it (Kensa's colour rule means nothing to PaDiM), plus ``params``
+    (epochs, batch size, early stopping...). Out-of-range values are refused in words."""
+    defaults = registry.spec(algorithm).default_config
+    out: dict[str, Any] = {}
+    if "backbone" in defaults and backbone is not None:
+        if backbone not in REGISTRY:
+            raise ValueError(f"unknown backbone {backbone!r}")
+        out["backbone"] = backbone
+    if "image_size" in defaults and image_size is not None:
+        lo, hi = IMAGE_SIZE_RANGE
+        if not lo <= image_size <= hi:
+            raise ValueError(f"image size must be between {lo} and {hi} pixels")
+        out["image_size"] = int(image_size)
+    if "colour" in defaults:
+        if colour not in COLOUR_CHOICES:
+            raise ValueError(f"colour must be one of {', '.join(COLOUR_CHOICES)}, not "
+                             f"{colour!r}")
+        out["colour"] = colour
+    if "views" in defaults:
+        out["views"] = "any_angle" if any_angle else "auto"
+    for key, value in (params or {}).items():
+        if key in TRAINING_RANGES:
+            lo, hi = TRAINING_RANGES[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ValueError(f"{key.replace('_', ' ')} must be a whole number between "
+                                 f"{lo} and {hi}")
+        out[key] = value
+    return out
+
+
+def start_training(ctx: Kensa, name: str, *, shots: int | None, seed: int,
+                   algorithm: str = registry.DEFAULT_MODEL, params: dict[str, Any] | None = None,
+                   backbone: str | None = None, image_size: int | None = None,
+                   colour: str = "auto", any_angle: bool = False) -> int:
+    """Queue a run of ``algorithm`` and hand it to the job queue; returns at once with the
+    model version id. The settings a model does not have are left out (:func:`model_params`).
+    """
     if not 0 <= seed <= SEED_MAX:
         raise ValueError(f"seed must be between 0 and {SEED_MAX}")
     # request_training refuses an impossible training with the same one sentence
-    if colour not in COLOUR_CHOICES:
-        raise ValueError(f"colour must be one of {', '.join(COLOUR_CHOICES)}, not {colour!r}")
-    mv_id = request_training(ctx, name, shots, seed, {
-        "backbone": backbone, "image_size": int(image_size), "colour": colour,
-        "views": "any_angle" if any_angle else "auto"})
+    model = model_params(algorithm, backbone=backbone, image_size=image_size, colour=colour,
+                         any_angle=any_angle, params=params)
+    mv_id = request_training(ctx, name, shots, seed, model, algorithm)
     try:
         start_training_job(ctx, mv_id)
     except Exception:
@@ -373,6 +464,27 @@ def _metric(metrics: dict[str, Any], key: str, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, int | float) else "—"
 
 
+def _settings_words(algorithm: str, backbone: str | None, model: dict[str, Any],
+                    params: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """A run's settings in one line: the model (when not Kensa's own), backbone, size,
+    epochs, seed; each only when the model has it."""
+    try:
+        spec = registry.spec(algorithm)
+        title, defaults = spec.title, {**spec.default_config, **model}
+    except ValueError:  # a model this version no longer offers: its recorded name
+        title, defaults = algorithm, dict(model)
+    parts = [] if algorithm == registry.DEFAULT_MODEL else [title]
+    if backbone or "backbone" in defaults:
+        parts.append(str(backbone or defaults.get("backbone", DEFAULT_BACKBONE)))
+    if "image_size" in defaults:
+        parts.append(f"{defaults['image_size']} px")
+    if "epochs" in defaults:
+        parts.append(f"{defaults['epochs']} epochs")
+    parts.append(f"seed {params.get('seed', 0)}")
+    return (" · ".join(parts) + (" · colour ignored" if metrics.get("colour_ignored") else "")
+            + (" · any angle" if model.get("views") == "any_angle" else ""))
+
+
 def run_history(ctx: Kensa, name: str) -> list[dict[str, Any]]:
     """One row per run, newest first, as the page shows it (numbers already formatted, "—"
     where a run has no value, e.g. pixel scores without masks or a run still going)."""
@@ -400,11 +512,8 @@ def run_history(ctx: Kensa, name: str) -> list[dict[str, Any]]:
             "threshold": _metric(threshold if isinstance(threshold, dict) else metrics,
                                  "value" if isinstance(threshold, dict) else "threshold", 4),
             # one column for the settings, so the table fits the page without scrolling
-            "settings": f"{run['backbone'] or model.get('backbone', DEFAULT_BACKBONE)} · "
-                        f"{model.get('image_size', _default_image_size())} px · "
-                        f"seed {params.get('seed', 0)}"
-                        + (" · colour ignored" if metrics.get("colour_ignored") else "")
-                        + (" · any angle" if model.get("views") == "any_angle" else ""),
+            "settings": _settings_words(run["algorithm"], run["backbone"], model, params,
+                                        metrics),
             "note": (run["error"] or "")[:200],
         })
     return rows

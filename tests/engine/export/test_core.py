@@ -41,6 +41,30 @@ def test_core_matches_grey_knn_and_no_intensity_matching() -> None:
     _check(fitted)
 
 
+@pytest.mark.parametrize("options", [
+    {"normalization": "batch"},
+    {"style_align": True, "normalization": "layer", "match_intensity": False},
+    {"style_align": True, "normalization": "batch", "n_neighbors": 2},
+])
+def test_core_matches_the_feature_alignment(options: dict) -> None:
+    """``normalization="batch"`` and ``style_align`` (issue 14): the training statistics
+    travel as buffers and the core aligns every image of a batch on its own, as scoring does."""
+    fitted = fitted_model(FewShotConfig(image_size=SIZE, **options), seed=2)
+    core = InferenceCore.from_model(fitted.model, *fitted.batch.shape[-2:])
+    stats = fitted.model.state.feature_stats
+    assert stats is not None and core.alignment is not None
+    buffers = dict(core.named_buffers())
+    assert torch.equal(buffers["alignment.ref_mean"].view(-1), stats.mean)
+    assert torch.equal(buffers["alignment.ref_std"].view(-1), stats.std)
+    _check(fitted)
+
+
+def test_a_model_without_alignment_has_no_alignment_in_its_graph(fitted: Fitted) -> None:
+    core = InferenceCore.from_model(fitted.model, *fitted.batch.shape[-2:])
+    assert core.alignment is None
+    assert not any(name.startswith("alignment") for name, _ in core.named_buffers())
+
+
 def test_bank_is_a_buffer_and_the_size_is_checked(fitted: Fitted) -> None:
     core = InferenceCore.from_model(fitted.model, 96, 80)
     assert "bank" in dict(core.named_buffers())

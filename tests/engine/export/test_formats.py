@@ -20,7 +20,8 @@ from engine.export.parity import (
     require_parity,
     threshold_normalizer,
 )
-from tests.engine.export.conftest import Fitted
+from engine.models.fewshot import FewShotConfig
+from tests.engine.export.conftest import SIZE, Fitted, fitted_model
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,18 @@ def test_fp32_round_trip_within_tolerance(fp32: dict[str, tuple[ExportedModel, P
     assert report.max_abs_diff <= TOLERANCE
     # the defects are scored over the threshold and the goods under it, by both
     assert (report.exported[3:] >= 0.5).all() and (report.exported[:3] < 0.5).all()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_feature_alignment_survives_export(fmt: str, tmp_path: Path) -> None:
+    """Batch standardization and style alignment (per-image statistics over the grid) in the
+    exported graph: the file scores as the app does."""
+    fitted = fitted_model(FewShotConfig(image_size=SIZE, normalization="batch",
+                                        style_align=True), seed=3)
+    core = InferenceCore.from_model(fitted.model, *fitted.batch.shape[-2:])
+    report = _parity(fitted, export_core(core, tmp_path, fmt).path)
+    require_parity(report)
+    assert report.max_abs_diff <= TOLERANCE
 
 
 def test_fp16_is_measured_and_judged_by_the_same_rule(

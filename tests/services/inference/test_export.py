@@ -76,3 +76,23 @@ def test_requests_that_cannot_be_exported_are_refused_in_words(ctx: Kensa, proje
         export_service.export_request(ctx, project, "onnx", fp16=True)
     with pytest.raises(ExportRefused, match="has no Model 3"):
         export_service.export_request(ctx, project, "onnx", model_number=3)
+
+
+def test_an_anomalib_zoo_model_exports_with_the_same_check(ctx: Kensa, project: str) -> None:
+    """PaDiM (the zoo's export path: anomalib's normalisation and torch model) passes the same
+    parity check into the same layout; stock anomalib PatchCore, which declares no export, is
+    refused in words."""
+    from services.training.project import request_training, run_training
+
+    mv = run_training(ctx, request_training(ctx, project, shots=4, algorithm="anomalib_padim",
+                                            params={"image_size": 96}))
+    result = export_model(ctx, project, "onnx", model_version_id=mv["id"])
+    assert result["model"] == "anomalib_padim" and result["main_file"] == "model.onnx"
+    assert 0 <= result["parity_max_abs_diff"] <= 1e-3 and result["n_images"] >= 6
+    assert "96x96 whatever the aspect ratio" in result["input"]["resize"]
+    assert export_service.export_target(ctx, project)["exportable"] is True
+
+    stock = run_training(ctx, request_training(ctx, project, shots=2,
+                                               algorithm="anomalib_patchcore"))
+    with pytest.raises(ExportRefused, match="anomalib_patchcore, which cannot be exported"):
+        export_model(ctx, project, "onnx", model_version_id=stock["id"])
