@@ -217,6 +217,7 @@ class AnomalibZooModel:
         self.device = pick_device(device)
         self.module: Any = None
         self.kwargs: dict[str, Any] = {}
+        self.epochs_run = 0
 
     # ------------------------------------------------------------------ registry hooks
     @classmethod
@@ -301,11 +302,7 @@ class AnomalibZooModel:
         epochs = int(self.params["epochs"]) if self.recipe.trained else 1
         callbacks: list[Any] = [_Progress(progress, epochs, len(loader))]
         if self.recipe.trained and int(self.params["patience"]) > 0:
-            from lightning.pytorch.callbacks import EarlyStopping
-
-            callbacks.append(EarlyStopping(monitor="train_loss", mode="min",
-                                           patience=int(self.params["patience"]),
-                                           check_on_train_epoch_end=True))
+            callbacks.append(_Plateau(int(self.params["patience"])))
         arguments = {k: v for k, v in module.trainer_arguments.items()
                      if k in ("gradient_clip_val", "gradient_clip_algorithm")}
         with _quiet_lightning():
@@ -317,6 +314,7 @@ class AnomalibZooModel:
             trainer.fit(module, train_dataloaders=loader)
         module.model.to(self.device).eval()
         self.module, self.kwargs = module, kwargs
+        #: epochs actually trained (fewer than ``epochs`` when early stopping ended it)
         self.epochs_run = int(trainer.current_epoch)
         if progress:
             progress("done", 1.0)
@@ -482,6 +480,44 @@ def _progress_callback() -> type:
 
 def _Progress(progress: ProgressFn | None, epochs: int, batches: int) -> Any:  # noqa: N802
     return _progress_callback()(progress, epochs, batches)
+
+
+#: an epoch "improves" the training loss when it lowers it by at least this fraction
+MIN_IMPROVEMENT = 1e-3
+
+
+def _plateau_callback() -> type:
+    from lightning.pytorch import Callback
+
+    class Plateau(Callback):
+        """Early stopping on a RELATIVE improvement of the training loss.
+
+        Lightning's ``EarlyStopping`` compares against an absolute ``min_delta``; these losses
+        range from ~1 (DRAEM) to ~1e5 (CFlow's negative log-likelihood), and CFlow's keeps
+        creeping down by a few parts in 1e5 per epoch long after it has learnt what it will,
+        so no one absolute delta (0 included) means "stopped learning" for every model.
+        """
+
+        def __init__(self, patience: int) -> None:
+            self.patience, self.best, self.wait = patience, None, 0
+
+        def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+            loss = trainer.callback_metrics.get("train_loss")
+            if loss is None:
+                return
+            value = float(loss)
+            if self.best is None or value < self.best - MIN_IMPROVEMENT * abs(self.best):
+                self.best, self.wait = value, 0
+                return
+            self.wait += 1
+            if self.wait >= self.patience:
+                trainer.should_stop = True
+
+    return Plateau
+
+
+def _Plateau(patience: int) -> Any:  # noqa: N802
+    return _plateau_callback()(patience)
 
 
 class AnomalibPadim(AnomalibZooModel):

@@ -24,6 +24,10 @@ FAST = {
     "anomalib_draem": {"image_size": 64, "epochs": 1},
 }
 
+#: DRAEM's state is 97 M weights (371 MB): writing and reading it back costs ~25 s, and the
+#: save/load code is the same for every recipe, so its round trip is left to the others
+HEAVY_STATE = {"anomalib_draem"}
+
 
 def _images(seed: int, n: int, size: int = 80) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -53,10 +57,11 @@ def test_fit_score_save_load(name: str, tmp_path: Path) -> None:
     result = model.score(images)
     assert result.scores.shape == (2,) and np.isfinite(result.scores).all()
     assert [m.shape for m in result.maps] == [(60, 80), (80, 80)]
-    files = model.save(tmp_path)
-    assert set(files) == {"model.json", zoo.WEIGHTS_FILE}
-    loaded = registry.load(name, tmp_path, files=files)
-    np.testing.assert_allclose(loaded.score(images).scores, result.scores, rtol=1e-5)
+    if name not in HEAVY_STATE:
+        files = model.save(tmp_path)
+        assert set(files) == {"model.json", zoo.WEIGHTS_FILE}
+        loaded = registry.load(name, tmp_path, files=files)
+        np.testing.assert_allclose(loaded.score(images).scores, result.scores, rtol=1e-5)
 
     # the exported graph (ONNX, run by OpenVINO) gives the app's raw scores
     size = FAST[name]["image_size"]
@@ -86,6 +91,18 @@ def test_trained_models_report_every_epoch() -> None:
     stages: list[str] = []
     model.fit(_images(5, 4), progress=lambda s, f: stages.append(s))
     assert "epoch 1 of 2" in stages and "epoch 2 of 2" in stages
+
+
+@pytest.mark.parametrize(("patience", "expected"), [(1, 2), (0, 6)])
+def test_early_stopping_ends_training_when_the_loss_stops_falling(patience: int,
+                                                                  expected: int) -> None:
+    """With a learning rate too small to learn, CFlow's loss falls by about 1e-5 per epoch:
+    under the 0.1 % an epoch must gain, so patience 1 stops after the second epoch, while
+    patience 0 (off) runs all 6 (``epochs_run`` counts what ran)."""
+    model = registry.create("anomalib_cflow", image_size=128, epochs=6, patience=patience,
+                            lr=1e-9, batch_size=4)
+    model.fit(_images(11, 4))
+    assert model.epochs_run == expected
 
 
 def test_cancel_from_progress_stops_training_and_leaves_no_model() -> None:
