@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 import db.repositories as repo
-from engine.data import DatasetIndex, ImageLoadError, ImageRecord, load_mask
+from engine.data import DatasetIndex, ImageRecord
 from engine.models import ImageSource, ProgressFn, registry
 from engine.models.recommend import Measured, pick, prior
 from services.context import Kensa
@@ -51,8 +51,8 @@ from services.data.projects import project_index, require_project
 from services.training.fit import (
     TrainingInputError,
     _load_all,
-    _load_one,
     _Scorer,
+    load_held_out,
     split_records,
     synthetic_plan,
     training_shortfall,
@@ -291,15 +291,10 @@ def measure(plan: Mapping[str, Any], model_name: str, params: Mapping[str, Any],
     for i, record in enumerate(held_out):
         emit("scoring held-out images",
              FITTED_AT + (1 - FITTED_AT) * i / max(1, len(held_out)))
-        loaded = _load_one(record, expected, skipped)
+        loaded = load_held_out(record, expected, skipped)
         if loaded is None:
             continue
-        image = loaded[0]
-        try:
-            mask = load_mask(record.mask_path, image.shape[:2]) if record.mask_path else None
-        except ImageLoadError as exc:
-            skipped.append(str(exc))
-            continue
+        image, mask = loaded
         if not warmed:
             model.score([image])
             warmed = True

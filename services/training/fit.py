@@ -332,6 +332,22 @@ def _load_one(record: ImageRecord, expected: Mapping[str, str] | None, skipped: 
     return image, digest
 
 
+def load_held_out(record: ImageRecord, expected: Mapping[str, str] | None, skipped: list[str]
+                  ) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """A held-out image and its mask (None without one), or None with the reason in
+    ``skipped``: what training's validation and a model comparison score alike."""
+    loaded = _load_one(record, expected, skipped)
+    if loaded is None:
+        return None
+    image = loaded[0]
+    try:
+        mask = load_mask(record.mask_path, image.shape[:2]) if record.mask_path else None
+    except ImageLoadError as exc:
+        skipped.append(str(exc))
+        return None
+    return image, mask
+
+
 def _load_all(records: Sequence[ImageRecord], skipped: list[str], *, shots: bool = False,
               expected: Mapping[str, str] | None = None
               ) -> list[tuple[ImageRecord, np.ndarray, str]]:
@@ -566,15 +582,10 @@ def train_model(
     for i, record in enumerate(held_out):
         if stop():
             raise TrainingCancelled("training cancelled while validating")
-        loaded = _load_one(record, expected_sha256, skipped)
+        loaded = load_held_out(record, expected_sha256, skipped)
         if loaded is None:
             continue
-        image = loaded[0]
-        try:
-            mask = load_mask(record.mask_path, image.shape[:2]) if record.mask_path else None
-        except ImageLoadError as exc:
-            skipped.append(str(exc))
-            continue
+        image, mask = loaded
         scorer.add(str(record.path), image, int(record.label == "defect"), mask)
         if record.path in painted:
             scorer.paint(str(record.path), image, seed, per_image, painted[record.path])
