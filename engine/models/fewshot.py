@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, cast, get_args
@@ -95,9 +95,9 @@ class FewShotConfig:
     """Every knob of the pipeline; the defaults are the ones the benchmarks justify."""
 
     backbone: str = DEFAULT_BACKBONE
-    image_size: int = 384
+    image_size: int = 512
     views: ViewMode = "auto"
-    max_bank: int = 5_000
+    max_bank: int = 4_000
     n_neighbors: int = 1
     #: "instance" / "layer": each image's stages normalized on their own; "batch": every channel
     #: standardized with the training patches' mean/std (engine.features.FeatureAlignment)
@@ -105,7 +105,7 @@ class FewShotConfig:
     #: AdaIN: each image's per-channel feature mean/std set to the training patches' (the
     #: bank's views and every scored image alike) before the bank lookup
     style_align: bool = False
-    blur_sigma: float = 4.0
+    blur_sigma: float = 6.0
     match_intensity: bool = True
     #: "auto": brightness only when the good shots disagree on colour (engine.models.colour)
     colour: ColourMode = "auto"
@@ -348,7 +348,8 @@ class FewShotPatchCore:
                                                    span=(plan.prepare, extracted))
         if self.config.uses_feature_stats:  # every training patch, before the coreset
             self.state.feature_stats = ChannelStats.of(torch.cat(blocks))
-        all_vectors = self._aligned(blocks)
+        tick = None if progress is None else (lambda: progress("extracting features", extracted))
+        all_vectors = self._aligned(blocks, release=True, tick=tick)
         del blocks
         bank = MemoryBank(all_vectors, all_provenance)
         if len(bank) > self.config.max_bank:
@@ -388,17 +389,31 @@ class FewShotPatchCore:
         blocks, provenance = self._embed_views(tensors, views, first_id, progress, span)
         return self._aligned(blocks), provenance
 
-    def _aligned(self, blocks: Sequence[torch.Tensor]) -> torch.Tensor:
+    def _aligned(self, blocks: list[torch.Tensor], release: bool = False,
+                 tick: Callable[[], None] | None = None) -> torch.Tensor:
         """One [M, D] block per (image, view), aligned view by view, as one [N, D] tensor.
 
         Style alignment takes each view's statistics over that view's cells, as scoring takes
         an image's over its grid, so a training image scored again meets its own vectors.
+        Copied block by block into one tensor: ``release`` drops each block once copied (a
+        200-image fit holds its 500 MB of vectors once, not twice) and ``tick`` is called
+        between blocks, since filling that much fresh memory took seconds (a silent job).
         """
         alignment = self.feature_alignment()
-        if alignment is None:
-            return torch.cat(list(blocks))
-        with torch.inference_mode():
-            return torch.cat([alignment.vectors(block) for block in blocks])
+        out = torch.empty(sum(b.shape[0] for b in blocks), blocks[0].shape[1],
+                          dtype=blocks[0].dtype, device=blocks[0].device)
+        row = 0
+        for i, block in enumerate(blocks):
+            if alignment is not None:
+                with torch.inference_mode():
+                    block = alignment.vectors(block)
+            out[row : row + block.shape[0]].copy_(block)
+            row += block.shape[0]
+            if release:
+                blocks[i] = blocks[i][:0]
+            if tick is not None:
+                tick()
+        return out
 
     def _embed_views(
         self,
@@ -706,14 +721,16 @@ class _FitPlan:
     n_images: int
     n_views: int
     max_bank: int
-    #: patch vectors before the coreset; None: square images at 384 px (48 x 48 per view)
+    #: patch vectors before the coreset; None: ``PATCHES_PER_VIEW`` per view of each image
     patches: int | None = None
 
     PREPARE_S = 0.009
-    EXTRACT_S = 0.077
+    #: a backbone pass costs in proportion to its pixels, so to the patches it yields
+    #: (0.077 s per view of a square 384-px image, 48 x 48 patches)
+    EXTRACT_PATCH_S = 0.077 / 2304
     #: one greedy step over one candidate row (19 s for 460,800 patches to 10k)
     ROW_STEP_S = 4.6e-8
-    PATCHES_PER_VIEW = 2304  # a square image at 384 px: 48 x 48
+    PATCHES_PER_VIEW = 4096  # before the images are sized: a square image at 512 px, 64 x 64
 
     @property
     def _costs(self) -> tuple[float, float, float]:
@@ -725,8 +742,7 @@ class _FitPlan:
             steps = (min(patches, budget) * self.max_bank
                      + (budget * CHUNK_ROWS if patches > budget else 0.0))
             coreset = self.ROW_STEP_S * steps
-        return (self.PREPARE_S * self.n_images, self.EXTRACT_S * self.n_images * self.n_views,
-                coreset)
+        return self.PREPARE_S * self.n_images, self.EXTRACT_PATCH_S * patches, coreset
 
     @property
     def prepare(self) -> float:

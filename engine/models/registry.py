@@ -62,9 +62,9 @@ register(ModelSpec(
     capabilities=frozenset({Capability.MEMORY_BANK, Capability.INCREMENTAL_UPDATE,
                             Capability.NEAREST_PATCHES, Capability.EXPORT}),
     default_config={
-        "backbone": "efficientnet_lite0", "image_size": 384, "views": "auto",
-        "max_bank": 5_000, "n_neighbors": 1, "normalization": "none", "style_align": False,
-        "blur_sigma": 4.0,
+        "backbone": "efficientnet_lite0", "image_size": 512, "views": "auto",
+        "max_bank": 4_000, "n_neighbors": 1, "normalization": "none", "style_align": False,
+        "blur_sigma": 6.0,
         "match_intensity": True, "colour": "auto", "scale": "shared",
         "seed": 0,
     },

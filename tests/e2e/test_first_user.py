@@ -96,6 +96,8 @@ def test_first_user_walk(browser_page, walk_server: str, tmp_path: Path) -> None
     # Home: models numbered per project, quality on the card, no server paths
     page.reload()
     page.get_by_role("heading", name="metal plate").wait_for()
+    # the card renders after its heading: wait for its model line, not for the first card's
+    page.get_by_text("Model 1").first.wait_for()
     page.get_by_text("Good vs defect (AUROC)").first.wait_for()
     body = page.inner_text("body")
     assert "Model 1" in body and str(tmp_path) not in body

@@ -63,10 +63,13 @@ def test_empty_or_malformed_features_raise() -> None:
         GreedyCoresetSampler(size=3).run(torch.empty(0, 8))
     with pytest.raises(ValueError, match=r"\[N, D\].*\(4, 2, 2\)"):
         GreedyCoresetSampler(size=3).run(torch.zeros(4, 2, 2))
-    bad = torch.randn(20, 4)
-    bad[7, 1] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        GreedyCoresetSampler(size=3).run(bad)
+    for value in (float("nan"), float("inf"), float("-inf")):
+        bad = torch.randn(20, 4)
+        bad[7, 1] = value
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            GreedyCoresetSampler(size=3).run(bad)
+        with pytest.raises(ValueError, match="NaN or Inf"):  # through the random projection
+            GreedyCoresetSampler(size=3, projection_dim=2).run(bad)
 
 
 @pytest.mark.parametrize("projection_dim", [None, 16])

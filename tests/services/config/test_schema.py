@@ -243,7 +243,8 @@ def test_a_file_changes_only_its_keys_and_paths_are_relative_to_it(tmp_path: Pat
                  "data: {path: ../data/widgets, shots: 4}\n")
     values = load_config(path).values
     assert values["model"]["params"]["image_size"] == 96
-    assert values["model"]["params"]["max_bank"] == 5000  # from the defaults
+    defaults = registry.spec(registry.DEFAULT_MODEL).default_config
+    assert values["model"]["params"]["max_bank"] == defaults["max_bank"]  # from the defaults
     assert values["data"] == {"path": str((tmp_path / "data" / "widgets").resolve()),
                               "layout": "auto", "shots": 4, "seed": 0}
     # a command-line folder is relative to the working directory, and wins
@@ -262,7 +263,8 @@ def test_another_model_starts_from_its_own_defaults(tmp_path: Path) -> None:
     assert line.startswith(f"{path}: model.params.image_size: unknown parameter of "
                            "anomalib_patchcore")
     assert load_config(None, {"model": {"name": registry.DEFAULT_MODEL}}).values["model"][
-        "params"]["image_size"] == 384  # the same model: the file's params stay
+        "params"]["image_size"] == registry.spec(registry.DEFAULT_MODEL).default_config[
+        "image_size"]  # the same model: the file's params stay
 
 
 def test_empty_sections_and_files_change_nothing(tmp_path: Path) -> None:

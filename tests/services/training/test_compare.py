@@ -32,6 +32,13 @@ from services.training.fit import TrainingInputError, split_records
 from tests.services.conftest import SHOTS
 
 BOTH = ["kensa_patchcore", "anomalib_patchcore"]
+
+
+@pytest.fixture(scope="module")
+def db_kind() -> str:
+    """SQLite only: a comparison's time is its child processes (two minutes on both databases),
+    and what it stores is one job row, whose PostgreSQL path tests/services/jobs covers."""
+    return "sqlite"
 SMALL = {"kensa_patchcore": {"image_size": 96}}
 
 
