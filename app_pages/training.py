@@ -360,10 +360,11 @@ def _compare_section() -> None:
                                         ("F1", "F1", "F1"))},
             "fit (s)": st.column_config.TextColumn(width="small",
                                                    help="Seconds to learn the good images"),
+            # no width: a "small" column cut these headers to "ms per imag" / "memory (MB"
             "ms per image": st.column_config.TextColumn(
-                width="small", help="Milliseconds to score one image, scoring only"),
+                help="Milliseconds to score one image, scoring only"),
             "peak memory (MB)": st.column_config.TextColumn(
-                "memory (MB)", width="small",
+                "memory (MB)",
                 help="Peak memory of the model's own process, Python and PyTorch included"),
             "note": st.column_config.TextColumn(width="medium"),
         },
