@@ -349,7 +349,7 @@ class FewShotPatchCore:
         if self.config.uses_feature_stats:  # every training patch, before the coreset
             self.state.feature_stats = ChannelStats.of(torch.cat(blocks))
         tick = None if progress is None else (lambda: progress("extracting features", extracted))
-        all_vectors = self._aligned(blocks, release=True, tick=tick)
+        all_vectors = self._aligned(blocks, tick=tick)
         del blocks
         bank = MemoryBank(all_vectors, all_provenance)
         if len(bank) > self.config.max_bank:
@@ -389,15 +389,15 @@ class FewShotPatchCore:
         blocks, provenance = self._embed_views(tensors, views, first_id, progress, span)
         return self._aligned(blocks), provenance
 
-    def _aligned(self, blocks: list[torch.Tensor], release: bool = False,
+    def _aligned(self, blocks: list[torch.Tensor],
                  tick: Callable[[], None] | None = None) -> torch.Tensor:
         """One [M, D] block per (image, view), aligned view by view, as one [N, D] tensor.
 
         Style alignment takes each view's statistics over that view's cells, as scoring takes
         an image's over its grid, so a training image scored again meets its own vectors.
-        Copied block by block into one tensor: ``release`` drops each block once copied (a
-        200-image fit holds its 500 MB of vectors once, not twice) and ``tick`` is called
-        between blocks, since filling that much fresh memory took seconds (a silent job).
+        Consumes ``blocks``: each is copied into one tensor and then replaced by an empty one
+        (its storage freed, so a 200-image fit holds its 500 MB of vectors once, not twice);
+        ``tick`` is called between blocks, since filling that much fresh memory took seconds.
         """
         alignment = self.feature_alignment()
         out = torch.empty(sum(b.shape[0] for b in blocks), blocks[0].shape[1],
@@ -409,8 +409,7 @@ class FewShotPatchCore:
                     block = alignment.vectors(block)
             out[row : row + block.shape[0]].copy_(block)
             row += block.shape[0]
-            if release:
-                blocks[i] = blocks[i][:0]
+            blocks[i] = block = block.new_empty((0, block.shape[1]))  # a view would keep it
             if tick is not None:
                 tick()
         return out
