@@ -162,6 +162,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, object]:
         "ms_per_image": round(1000 * score_s / len(tests), 2),
         "backbone_ms_per_image": round(1000 * backbone_s / len(tests), 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        **({"heap_trims": model.heap.trims} if kensa else {}),
         "bank_size": fit.bank_size,
         "n_test": len(tests),
         **({"subset": args.subset} if args.subset else {}),

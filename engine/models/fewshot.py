@@ -42,6 +42,7 @@ from engine.features import (
     Normalization,
     PatchFeatureExtractor,
 )
+from engine.heap import HeapTrimmer
 from engine.memory_bank import BankIntegrityError, IncrementalMemoryBank, MemoryBank
 from engine.models.augment_views import (
     ViewMode,
@@ -233,6 +234,7 @@ class FewShotPatchCore:
         ).to(self.device)
         self.bank: MemoryBank | None = None
         self.state = FewShotState(self.config)
+        self.heap = HeapTrimmer()
 
     @staticmethod
     def validate_params(params: Mapping[str, Any]) -> None:
@@ -525,6 +527,7 @@ class FewShotPatchCore:
             s, m = self.score_one(image)
             scores.append(s)
             maps.append(m)
+            self.heap.after_image()
         return ScoreResult(np.asarray(scores, dtype=np.float64), maps)
 
     # -- explanation (engine.explain) ------------------------------------------------------

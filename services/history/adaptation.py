@@ -18,7 +18,8 @@ its refusals) is what a page needs around it:
   silent change: it runs only when a person asks, and each version can be rolled back.
 
 Cost of :func:`compare_versions`: every image is scored twice (once per version), about
-2 x 130 ms per image at 384 px on one CPU core (100 images: ~30 s), plus loading two models.
+2 x 110-200 ms per image at the 512-px default on a 2-core CPU (``bench/fewshot.py``'s
+magnetic-tile and toothbrush rows; 100 images: 20-40 s), plus loading two models.
 Pages cache it per (project, versions, lot): state files never change once written.
 """
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from engine.heap import HeapTrimmer
 from engine.metrics import image_metrics, pixel_metrics
 from engine.models import registry
 from engine.models.fewshot import FewShotConfig, FewShotPatchCore
@@ -42,6 +43,23 @@ def test_maps_come_back_at_original_size(fitted: FewShotPatchCore) -> None:
     result = fitted.score([image])
     assert result.maps[0].shape == (70, 130)
     assert np.isfinite(result.scores).all()
+
+
+def test_scoring_checks_the_heap_after_every_image_and_scores_the_same(
+        fitted: FewShotPatchCore, parts: dict[str, list]) -> None:
+    """A trim between images (engine.heap) must not change a score: it only returns free pages."""
+    images = parts["goods"][:3]
+    plain = fitted.score(images).scores
+    sizes = iter([1000.0, 3000.0, 900.0, 1000.0])  # image 2 crosses the budget; a trim: 900
+    trims: list[int] = []
+    fitted.heap = HeapTrimmer(growth_mb=512, resident=lambda: next(sizes),
+                              trim=lambda: trims.append(1) or True)
+    try:
+        trimmed = fitted.score(images).scores
+    finally:
+        fitted.heap = HeapTrimmer()
+    assert len(trims) == 1 and fitted.heap.trims == 0
+    np.testing.assert_array_equal(plain, trimmed)
 
 
 def test_progress_is_reported_and_monotonic(parts: dict[str, list]) -> None:
