@@ -29,12 +29,13 @@ def _train_and_score(home: Path) -> None:
     from services.context import Kensa
     from services.inference.batches import score_batch
     from services.training.project import train_project
+    from tests.trained import DEMO_PARAMS
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     ctx = Kensa.create(home)
     try:
-        train_project(ctx, "demo", seed=0)
+        train_project(ctx, "demo", seed=0, params=DEMO_PARAMS)
         score_batch(ctx, "demo", DEMO / "good", "good parts")
         mixed = home / "inbox" / "mixed"
         for folder in DEMO.iterdir():

@@ -28,12 +28,13 @@ SCORE_TIMEOUT_MS = 240_000
 def _train_demo(home: Path) -> None:
     from services.context import Kensa
     from services.training.project import train_project
+    from tests.trained import DEMO_PARAMS
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     ctx = Kensa.create(home)
     try:
-        train_project(ctx, "demo", seed=0)
+        train_project(ctx, "demo", seed=0, params=DEMO_PARAMS)
     finally:
         ctx.close()
         torch.set_num_threads(threads)

@@ -73,12 +73,13 @@ def prepare(home: Path) -> Path:
     from services.context import Kensa
     from services.inference.batches import score_batch
     from services.training.project import train_project
+    from tests.trained import DEMO_PARAMS
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     ctx = Kensa.create(home)
     try:
-        train_project(ctx, "demo", seed=0)
+        train_project(ctx, "demo", seed=0, params=DEMO_PARAMS)
         for k, lot in enumerate(NORMAL_LOTS + SHIFTED_LOTS):
             folder = _write_lot(home / "inbox" / lot.replace(" ", "_"), GAINS[k],
                                 shifted=lot in SHIFTED_LOTS)
