@@ -64,8 +64,12 @@ def trim_heap() -> bool:
 class HeapTrimmer:
     """Trims the heap after an image when the process has grown ``growth_mb`` since the last trim.
 
-    One per scoring loop (a model's ``score``); ``resident`` and ``trim`` are injectable so the
-    rule can be tested without depending on how a given allocator fragments.
+    One per ``FewShotPatchCore`` instance, kept across its ``score`` calls (callers score one
+    image per call) and shared by its ``update`` copies: it measures the process, not the
+    model. Only Kensa's own model needs it: its shared scale gives every image its own working
+    size, where the anomalib models resize every image to one fixed size. ``resident`` and
+    ``trim`` are injectable so the rule can be tested without depending on how a given
+    allocator fragments.
     """
 
     def __init__(self, growth_mb: float = DEFAULT_GROWTH_MB,
