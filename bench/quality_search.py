@@ -9,11 +9,12 @@ the neighbourhood averaged into a patch vector, and ``"out_indices"``, other bac
 fitted once per (data set, shots, seed); every test image is then searched once for its ``K``
 nearest bank vectors, and every image-score rule (``max`` of the smoothed map, the mean of its
 top 1 % / 0.1 % of pixels, the mean of the top 1 % of patches, PatchCore's density reweighting,
-the mean of 3 neighbours) is computed from those same distances, so the rules cost nothing extra
-to compare. Prints one JSON line per (data set, setting, shots, seed), with the image AUROC of
-each defect type against the goods under ``max``, and at the end the mean of every (data set,
-setting) over its shots and seeds. Image and pixel AUROC only (AUPRO belongs to
-``bench/fewshot.py``, which also times the chosen settings).
+the mean of 3 neighbours, the map smoothed with a wider Gaussian, σ = 10 and 16) is computed
+from those same distances, so the rules cost nothing extra to compare. Prints one JSON line per
+(data set, setting, shots, seed), with the image AUROC of each defect type against the goods
+under ``max``, and at the end the mean of every (data set, setting) over its shots and seeds.
+Image and pixel AUROC only (AUPRO belongs to ``bench/fewshot.py``, which also times the chosen
+settings).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from bench.fewshot import choose_shots, stratified_tests  # noqa: E402
 
 #: neighbours searched per patch: the rules below read at most this many
 K = 3
+#: wider Gaussian smoothing of the nearest-neighbour map, each a rule of its own (map and max)
+WIDE_SIGMAS = (10.0, 16.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,6 +161,10 @@ def score_all(overrides: dict, train: list, images: list, seed: int) -> dict:
         for rule, value in add.items():
             out[rule][0].append(float(value))
         out["max"][1].append(resize_map(base, *image.shape[:2]))
+        for wide in WIDE_SIGMAS:  # the same distances, smoothed wider: map and its maximum
+            wide_map = cv2.GaussianBlur(grid_to_work(d[..., 0], *work), (0, 0), wide)
+            out[f"sigma{wide:g}"][0].append(float(wide_map.max()))
+            out[f"sigma{wide:g}"][1].append(resize_map(wide_map, *image.shape[:2]))
         knn3 = smooth(d.mean(axis=2), work)
         out["knn3"][0].append(float(knn3.max()))
         out["knn3"][1].append(resize_map(knn3, *image.shape[:2]))
