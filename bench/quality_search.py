@@ -9,12 +9,12 @@ the neighbourhood averaged into a patch vector, and ``"out_indices"``, other bac
 fitted once per (data set, shots, seed); every test image is then searched once for its ``K``
 nearest bank vectors, and every image-score rule (``max`` of the smoothed map, the mean of its
 top 1 % / 0.1 % of pixels, the mean of the top 1 % of patches, PatchCore's density reweighting,
-the mean of 3 neighbours, the map smoothed with a wider Gaussian, σ = 10 and 16) is computed
-from those same distances, so the rules cost nothing extra to compare. Prints one JSON line per
-(data set, setting, shots, seed), with the image AUROC of each defect type against the goods
-under ``max``, and at the end the mean of every (data set, setting) over its shots and seeds.
-Image and pixel AUROC only (AUPRO belongs to ``bench/fewshot.py``, which also times the chosen
-settings).
+the mean of 3 neighbours; and maps: smoothed with σ = 10 and 16, the mean of the default and
+the σ = 16 map, the σ = 16 map scaled to the default's maximum, the map minus its median) is
+computed from those same distances, so the rules cost nothing extra to compare. Prints one JSON
+line per (data set, setting, shots, seed), with the image AUROC of each defect type against the
+goods under ``max``, and at the end the mean of every (data set, setting) over its shots and
+seeds. Image and pixel AUROC and AUPRO; ``bench/fewshot.py`` times the chosen settings.
 """
 
 from __future__ import annotations
@@ -77,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
                         row[f"image_{rule}"] = round(
                             image_metrics(scores, labels)["image_auroc"], 4)
                         if maps is not None:
-                            row[f"pixel_{rule}"] = round(pixel_metrics(
-                                [maps[i] for i in usable],
-                                [masks[i] for i in usable])["pixel_auroc"], 4)
+                            pixel = pixel_metrics([maps[i] for i in usable],
+                                                  [masks[i] for i in usable])
+                            row[f"pixel_{rule}"] = round(pixel["pixel_auroc"], 4)
+                            row[f"aupro_{rule}"] = round(pixel["aupro"], 4)
                     scores = scored["max"][0]
                     for name in sorted({r.defect_type or "defect" for r in tests
                                         if r.label == "defect"}):
@@ -165,6 +166,19 @@ def score_all(overrides: dict, train: list, images: list, seed: int) -> dict:
             wide_map = cv2.GaussianBlur(grid_to_work(d[..., 0], *work), (0, 0), wide)
             out[f"sigma{wide:g}"][0].append(float(wide_map.max()))
             out[f"sigma{wide:g}"][1].append(resize_map(wide_map, *image.shape[:2]))
+        wide_map = cv2.GaussianBlur(grid_to_work(d[..., 0], *work), (0, 0), max(WIDE_SIGMAS))
+        # where from the widest map, how much from the default one: their mean, and the wide
+        # map scaled to the default maximum (the score stays the hottest point of the map)
+        blend = (base + wide_map) / 2
+        out["blend"][0].append(float(blend.max()))
+        out["blend"][1].append(resize_map(blend, *image.shape[:2]))
+        out["scaled"][0].append(float(base.max()))
+        out["scaled"][1].append(resize_map(wide_map * (base.max() / wide_map.max()),
+                                           *image.shape[:2]))
+        # each map against its own median: a part raised all over (colour) is not a spot
+        centred = base - np.median(base)
+        out["minus_median"][0].append(float(centred.max()))
+        out["minus_median"][1].append(resize_map(centred, *image.shape[:2]))
         knn3 = smooth(d.mean(axis=2), work)
         out["knn3"][0].append(float(knn3.max()))
         out["knn3"][1].append(resize_map(knn3, *image.shape[:2]))

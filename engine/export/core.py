@@ -107,7 +107,10 @@ class InferenceCore(nn.Module):
         self.target_mean, self.target_std = (float(v) for v in intensity)
         self.n_neighbors = int(n_neighbors)
         self.blur_sigma = float(blur_sigma)
-        vectors = bank.detach().to("cpu", torch.float32).contiguous()
+        # a copy of its own (a few MB): ``.to`` returns the model's own tensor when it is
+        # already on the CPU, and an in-place change to the graph's bank would then change
+        # what the app scores with
+        vectors = bank.detach().to("cpu", torch.float32).contiguous().clone()
         self.register_buffer("bank", vectors)
         self.register_buffer("bank_sq", vectors.square().sum(1))
         gh, gw = height // GRID_STRIDE, width // GRID_STRIDE

@@ -73,6 +73,16 @@ def test_bank_is_a_buffer_and_the_size_is_checked(fitted: Fitted) -> None:
         InferenceCore.from_model(fitted.model, 100, 80)
 
 
+def test_the_core_owns_its_bank(fitted: Fitted) -> None:
+    """Changing the graph's bank (as a test of a mismatching export does) leaves the app's
+    model and its scores as they were."""
+    before = fitted.model.bank.vectors.clone()
+    core = InferenceCore.from_model(fitted.model, *fitted.batch.shape[-2:])
+    core.bank.mul_(1.02)
+    assert torch.equal(fitted.model.bank.vectors, before)
+    np.testing.assert_array_equal(fitted.model.score(fitted.images).scores, fitted.app_scores)
+
+
 def test_blur_matrix_is_opencv_gaussian_blur() -> None:
     """Rows of the blur operator applied to a random signal = cv2 on the same signal (the
     kernel size, kernel and reflect-101 border all come from OpenCV)."""
