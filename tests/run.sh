@@ -20,7 +20,7 @@ KENSA_TEST_REDIS_URL="$(bash .ci/redis.sh)"
 export KENSA_TEST_REDIS_URL KENSA_REQUIRE_REDIS=1
 # Two test processes (pytest-xdist; at most 4 on bigger machines): the browser walks and the
 # worker tests spend much of their time waiting on a server or a subprocess, so a second
-# process uses the other core meanwhile (2 cores: 11 minutes instead of 18). Every test
+# process uses the other core meanwhile (2 cores: 10 minutes instead of 18). Every test
 # already has its own KENSA_HOME, database, queue name and port. `-n 0` runs in one process.
 # pytest-benchmark (an anomalib dependency) is unused and would warn about xdist.
 exec python3 -m pytest -q -p no:benchmark --numprocesses=auto --maxprocesses=4 \
