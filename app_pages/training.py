@@ -183,10 +183,11 @@ with right:
         colour = st.radio(
             "Colour", list(COLOUR_CHOICES), format_func=COLOUR_CHOICES.get, key="tr_colour",
             help="Some products come in several colours that are all good. 'Decide' compares "
-                 "the colours of the good images: when they differ, the model looks at "
+                 "the colours of the project's good images (those the model learns from and "
+                 "those kept back to set the threshold): when they differ, the model looks at "
                  "brightness only, so a good part in a colour it has not seen is not "
-                 "rejected; when they agree (or there is one image), a discoloured part still "
-                 "counts as a defect.",
+                 "rejected; when they agree (or there is one good image), a discoloured part "
+                 "still counts as a defect.",
         )
     if choice.has("views"):
         any_angle = st.checkbox(

@@ -17,6 +17,10 @@ training with that preset marked does (copies flagged so the flip/rotation rule 
 ``--before key=value`` (repeatable) adds the method ``kensa_before``: Kensa with those overrides,
 e.g. the previous defaults (``--before colour=rgb``), so that a change of defaults is measured
 against what it replaces in the same run, on the same shots and the same machine load.
+
+``--held-out-goods N`` gives Kensa's fits N more seeded ``train/good`` images (never the shots)
+as ``colour_evidence``, as a project training does with its held-out goods: they only inform
+the colour decision and never enter the bank. Rows say ``held_out_goods``.
 """
 
 from __future__ import annotations
@@ -42,6 +46,17 @@ def choose_shots(paths: list[Path], shots: int, seed: int) -> list[Path]:
         raise SystemExit(f"--shots {shots} but only {len(ordered)} good training images")
     rng = np.random.default_rng(seed)
     return [ordered[i] for i in sorted(rng.choice(len(ordered), size=shots, replace=False))]
+
+
+def held_out_goods(paths: list[Path], shots: list[Path], n: int, seed: int) -> list[Path]:
+    """``n`` seeded good images that are not among ``shots`` (a project's held-out goods)."""
+    import numpy as np
+
+    rest = sorted(set(paths) - set(shots))
+    if n > len(rest):
+        raise SystemExit(f"--held-out-goods {n} but only {len(rest)} good images beside the shots")
+    rng = np.random.default_rng(10_000 + seed)
+    return [rest[i] for i in sorted(rng.choice(len(rest), size=n, replace=False))]
 
 
 def stratified_tests(index, goods: int, per_type: int, seed: int = 123) -> list:
@@ -85,8 +100,9 @@ def run_worker(args: argparse.Namespace) -> dict[str, object]:
 
     data = Path(args.data)
     index = discover(data, validate=False)
-    train = choose_shots([r.path for r in index.select(split="train", label="good")],
-                         args.shots, args.seed)
+    goods = [r.path for r in index.select(split="train", label="good")]
+    train = choose_shots(goods, args.shots, args.seed)
+    evidence = held_out_goods(goods, train, args.held_out_goods, args.seed)
     tests = (stratified_tests(index, *args.subset) if args.subset
              else index.select(split="test"))
     overrides = parse_overrides(args.set or [])
@@ -122,7 +138,10 @@ def run_worker(args: argparse.Namespace) -> dict[str, object]:
         copies = augmented_copies(shots, config, args.copies)
         sources = ([ImageSource(str(p), "") for p in train]
                    + [ImageSource(f"copy{i}", "", augmented=True) for i in range(len(copies))])
-        fit = model.fit(shots + copies, sources=sources)
+        extra = {"colour_evidence": [load_image(p) for p in evidence]} if evidence else {}
+        fit = model.fit(shots + copies, sources=sources, **extra)
+    elif kensa and evidence:
+        fit = model.fit(shots, colour_evidence=[load_image(p) for p in evidence])
     else:
         fit = model.fit(shots)
     labels, scores, maps, masks = [], [], [], []
@@ -166,6 +185,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, object]:
         "bank_size": fit.bank_size,
         "n_test": len(tests),
         **({"subset": args.subset} if args.subset else {}),
+        **({"held_out_goods": args.held_out_goods} if kensa and evidence else {}),
         "overrides": overrides,
         "coreset": "exact" if args.exact_coreset else "bounded",
         **({"preset": Path(args.preset).name, "copies": args.copies}
@@ -191,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --preset, run only kensa_preset (plain rows from another run)")
     parser.add_argument("--subset", type=int, nargs=2, metavar=("GOODS", "PER_TYPE"),
                         help="score a fixed stratified test subset (e.g. 60 24) instead of all")
+    parser.add_argument("--held-out-goods", type=int, default=0, metavar="N",
+                        help="N more good images (not shots) for Kensa's colour decision")
     parser.add_argument("--before", action="append", default=[],
                         help="also run kensa_before: Kensa with this override (key=value)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -223,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                     cmd += ["--subset", *map(str, args.subset)]
                 if args.exact_coreset and method.startswith("kensa"):
                     cmd.append("--exact-coreset")
+                if args.held_out_goods:
+                    cmd += ["--held-out-goods", str(args.held_out_goods)]
                 done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
                 if done.returncode != 0:
                     print(done.stderr[-3000:], file=sys.stderr)

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         summary[(row["data"], json.dumps(row["config"]))].append(row)
     for (data, config), group in summary.items():
-        keys = [k for k in group[0] if k.startswith(("image_", "pixel_", "type_"))]
+        keys = [k for k in group[0] if k.startswith(("image_", "pixel_", "aupro_", "type_"))]
         print(json.dumps({"mean": data, "config": json.loads(config), "runs": len(group),
                           **{k: round(float(np.mean([g[k] for g in group])), 4) for k in keys}}),
               flush=True)

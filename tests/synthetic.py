@@ -23,6 +23,17 @@ def texture(rng: np.random.Generator, size: int = 96) -> np.ndarray:
     return tint
 
 
+def coloured_part(rng: np.random.Generator, hue: int, size: int = 96) -> np.ndarray:
+    """A part on a dark background with a strongly coloured head of the given OpenCV hue."""
+    image = np.full((size, size, 3), 20, np.uint8)
+    side = size * 5 // 12
+    hsv = np.zeros((side, side, 3), np.uint8)
+    hsv[..., 0], hsv[..., 1], hsv[..., 2] = hue, 200, 90 + rng.integers(0, 60, (side, side))
+    top = (size - side) // 2
+    image[top:top + side, top:top + side] = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    return image
+
+
 def with_defect(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Draw a dark blob or a bright scratch; returns (image, mask bool)."""
     out = image.copy()

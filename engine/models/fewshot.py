@@ -321,8 +321,15 @@ class FewShotPatchCore:
         progress: ProgressFn | None = None,
         sources: Sequence[ImageSource] | None = None,
         first_id: int = 0,
+        colour_evidence: Sequence[np.ndarray] = (),
     ) -> FitReport:
-        """Build the bank from good shots; records get ids ``first_id, first_id + 1, ...``."""
+        """Build the bank from good shots; records get ids ``first_id, first_id + 1, ...``.
+
+        ``colour_evidence``: other good images of the product that stay out of the bank (a
+        training's held-out goods). They only help ``colour="auto"`` decide: one shot cannot
+        say whether good parts come in several colours, the shot and two held-out goods can
+        (``bench/fewshot.py --held-out-goods 2``: toothbrush at one shot 0.826 -> 0.887).
+        """
         if len(images) == 0:
             raise ValueError("fit needs at least one good image")
         started = time.perf_counter()
@@ -331,7 +338,7 @@ class FewShotPatchCore:
         views = self._views(n_shots)
         plan = _FitPlan(len(images), len(views), self.config.max_bank)
         shots = [im for im, s in zip(images, sources, strict=True) if not s.augmented] or images
-        gray = reads_gray(self.config.colour, shots)
+        gray = reads_gray(self.config.colour, [*shots, *colour_evidence])
         self.state = FewShotState(self.config, scale_factor=shared_scale(self.config, shots))
         tensors = []
         for i, image in enumerate(images):  # a resize per image: hundreds take seconds

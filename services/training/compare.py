@@ -52,6 +52,7 @@ from services.training.fit import (
     TrainingInputError,
     _load_all,
     _Scorer,
+    colour_evidence,
     load_held_out,
     split_records,
     synthetic_plan,
@@ -277,12 +278,16 @@ def measure(plan: Mapping[str, Any], model_name: str, params: Mapping[str, Any],
         if stage != "done":
             emit(stage, LOADED_AT + (FITTED_AT - LOADED_AT) * min(1.0, max(0.0, fraction)))
 
-    started = time.perf_counter()
-    model.fit(images, progress=fit_progress, sources=sources)
-    fit_s = time.perf_counter() - started
-    del images
     held_out = _records(plan["held_out"])
     goods = [r for r in held_out if r.label == "good"]
+    evidence = colour_evidence(model, goods, expected)  # as the training itself does
+    started = time.perf_counter()
+    if evidence:
+        model.fit(images, progress=fit_progress, sources=sources, colour_evidence=evidence)
+    else:
+        model.fit(images, progress=fit_progress, sources=sources)
+    fit_s = time.perf_counter() - started
+    del images, evidence
     chosen, per_image = synthetic_plan(len(goods)) if plan.get("synthetic") else ([], 0)
     painted = {goods[i].path: j * per_image for j, i in enumerate(chosen)}
     timed = _Timed(model)

@@ -40,6 +40,8 @@ CancelFn = Callable[[], bool]
 
 #: Held-out images scored to choose the threshold; beyond this a seeded stratified sample.
 MAX_VALIDATION = 300
+#: held-out goods read before the fit for the colour decision (a hue histogram each)
+COLOUR_EVIDENCE = 16
 
 
 class TrainingCancelled(RuntimeError):
@@ -332,6 +334,27 @@ def _load_one(record: ImageRecord, expected: Mapping[str, str] | None, skipped: 
     return image, digest
 
 
+def colour_evidence(model: AnomalyModel, goods_held: Sequence[ImageRecord],
+                     expected: Mapping[str, str] | None) -> list[np.ndarray]:
+    """Held-out good images for Kensa's colour decision (``colour="auto"``), at most
+    ``COLOUR_EVIDENCE`` of them; empty for every other model and setting.
+
+    The Training page promises to "decide from the good images": all of them, not only the
+    shots that go into the bank. A file that cannot be read is left out here and named by the
+    validation that reads it again.
+    """
+    from engine.models.fewshot import FewShotPatchCore  # torch: not at import (pages)
+
+    if not isinstance(model, FewShotPatchCore) or model.config.colour != "auto":
+        return []
+    images = []
+    for record in goods_held[:COLOUR_EVIDENCE]:
+        loaded = _load_one(record, expected, [])
+        if loaded is not None:
+            images.append(loaded[0])
+    return images
+
+
 def load_held_out(record: ImageRecord, expected: Mapping[str, str] | None, skipped: list[str]
                   ) -> tuple[np.ndarray, np.ndarray | None] | None:
     """A held-out image and its mask (None without one), or None with the reason in
@@ -576,8 +599,10 @@ def train_model(
         if stage != "done":  # a model's own "done" is not the end of the training
             report(stage, augmented_at + (fitted_at - augmented_at) * fraction)
 
-    fit = model.fit(images, progress=fit_progress, sources=sources)
-    del images  # the copies are no longer needed; validation may hold many images
+    evidence = colour_evidence(model, goods_held, expected_sha256)
+    fit = (model.fit(images, progress=fit_progress, sources=sources, colour_evidence=evidence)
+           if evidence else model.fit(images, progress=fit_progress, sources=sources))
+    del images, evidence  # the copies are no longer needed; validation may hold many images
     scorer = _Scorer(model)
     for i, record in enumerate(held_out):
         if stop():

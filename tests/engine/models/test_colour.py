@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
 from engine.models.colour import hue_spread, reads_gray, to_gray
 from engine.models.fewshot import FewShotConfig, FewShotPatchCore
-from tests.synthetic import texture
-
-
-def painted(rng: np.random.Generator, hue: int) -> np.ndarray:
-    """A part on a dark background with a strongly coloured head of the given OpenCV hue."""
-    image = np.full((96, 96, 3), 20, np.uint8)
-    hsv = np.zeros((40, 40, 3), np.uint8)
-    hsv[..., 0], hsv[..., 1], hsv[..., 2] = hue, 200, 90 + rng.integers(0, 60, (40, 40))
-    image[28:68, 28:68] = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-    return image
+from tests.synthetic import coloured_part, texture
 
 
 def test_shots_of_two_colours_read_gray_and_of_one_colour_do_not() -> None:
     rng = np.random.default_rng(0)
-    blue, red = [painted(rng, 110) for _ in range(2)], [painted(rng, 0) for _ in range(2)]
+    blue = [coloured_part(rng, 110) for _ in range(2)]
+    red = [coloured_part(rng, 0) for _ in range(2)]
     assert hue_spread(blue) < 0.1
     assert hue_spread([blue[0], red[0]]) > 0.9
     assert reads_gray("auto", [*blue, red[0]])
@@ -48,9 +39,9 @@ def test_to_gray_gives_equal_channels_of_luma() -> None:
 def test_a_bank_of_two_colours_accepts_a_third_and_survives_save_load(tmp_path) -> None:
     """The point of the mode: a good part in a colour no shot had is not a defect."""
     rng = np.random.default_rng(1)
-    shots = [painted(rng, 110), painted(rng, 0), painted(rng, 110), painted(rng, 0)]
-    green = painted(rng, 60)
-    scratched = painted(rng, 60)
+    shots = [coloured_part(rng, hue) for hue in (110, 0, 110, 0)]
+    green = coloured_part(rng, 60)
+    scratched = coloured_part(rng, 60)
     scratched[45:48, 30:66] = 255  # a bright scratch across the head
     auto = FewShotPatchCore(FewShotConfig(image_size=96, colour="auto"))
     auto.fit(shots)
@@ -70,3 +61,24 @@ def test_a_bank_of_two_colours_accepts_a_third_and_survives_save_load(tmp_path) 
 def test_config_refuses_an_unknown_colour_mode() -> None:
     with pytest.raises(ValueError, match="colour"):
         FewShotConfig(colour="sepia")  # type: ignore[arg-type]
+
+
+def test_held_out_goods_decide_colour_without_joining_the_bank() -> None:
+    """One red shot keeps colour; with a blue good held out beside it, colour is ignored,
+    and the bank is the shot's alone either way."""
+    rng = np.random.default_rng(2)
+    shot, blue = coloured_part(rng, 0), coloured_part(rng, 110)
+    alone = FewShotPatchCore(FewShotConfig(image_size=96))
+    alone.fit([shot])
+    told = FewShotPatchCore(FewShotConfig(image_size=96))
+    report = told.fit([shot], colour_evidence=[blue])
+    assert not alone.state.gray and told.state.gray
+    assert report.n_images == 1 and told.state.n_shots == 1
+    assert told.vector_count == alone.vector_count
+    assert len({r.path for r in told.records}) == 1
+    agreeing = FewShotPatchCore(FewShotConfig(image_size=96))
+    agreeing.fit([shot], colour_evidence=[coloured_part(rng, 0)])  # another red one
+    assert not agreeing.state.gray
+    strict = FewShotPatchCore(FewShotConfig(image_size=96, colour="rgb"))
+    strict.fit([shot], colour_evidence=[blue])  # the setting, when given, wins
+    assert not strict.state.gray
