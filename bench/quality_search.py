@@ -4,8 +4,10 @@
         --data ../shared/datasets/magnetic_tile --subset 60 24 \\
         --configs '[{}, {"image_size": 512}]' --shots 1,4,16 --seeds 0,1,2 [--json FILE]
 
-A bank setting (a ``FewShotConfig`` override, plus two search-only keys: ``"pool"``, the width of
-the neighbourhood averaged into a patch vector, and ``"out_indices"``, other backbone stages) is
+A bank setting (a ``FewShotConfig`` override, plus three search-only keys: ``"pool"``, the width
+of the neighbourhood averaged into a patch vector, ``"out_indices"``, other backbone stages, and
+``"second_size"``, a second model at that size whose map joins the first's in the rules
+``scales_mean`` / ``scales_max``, see ``_two_scales``) is
 fitted once per (data set, shots, seed); every test image is then searched once for its ``K``
 nearest bank vectors, and every image-score rule (``max`` of the smoothed map, the mean of its
 top 1 % / 0.1 % of pixels, the mean of the top 1 % of patches, PatchCore's density reweighting,
@@ -112,6 +114,7 @@ def score_all(overrides: dict, train: list, images: list, seed: int) -> dict:
     from engine.models.preprocess import grid_to_work, resize_map
 
     overrides = dict(overrides)
+    second = overrides.pop("second_size", None)
     pool = overrides.pop("pool", None)
     stages = overrides.pop("out_indices", None)
     if stages is not None:  # try other backbone stages without a registry entry
@@ -141,6 +144,7 @@ def score_all(overrides: dict, train: list, images: list, seed: int) -> dict:
         work_map = grid_to_work(grid, *work)
         return cv2.GaussianBlur(work_map, (0, 0), sigma) if sigma > 0 else work_map
 
+    works = []  # each image's working size, for a second model's σ
     for image in images:
         tensor = model.working_tensor(image)
         feats = model._features(tensor)[0]
@@ -149,6 +153,7 @@ def score_all(overrides: dict, train: list, images: list, seed: int) -> dict:
         knn = bank.knn(queries, k=min(K, len(bank)))
         d = knn.distances.float().cpu().numpy().reshape(gh, gw, -1)
         work = tuple(int(v) for v in tensor.shape[-2:])
+        works.append(work)
         base = smooth(d[..., 0], work)
         top = np.sort(base.ravel())[::-1]
         grid_top = np.sort(d[..., 0].ravel())[::-1]
@@ -182,7 +187,44 @@ def score_all(overrides: dict, train: list, images: list, seed: int) -> dict:
         knn3 = smooth(d.mean(axis=2), work)
         out["knn3"][0].append(float(knn3.max()))
         out["knn3"][1].append(resize_map(knn3, *image.shape[:2]))
+    if second is not None:  # a second, coarser model beside the first: combined maps
+        _two_scales(out, FewShotConfig(seed=seed, **{**overrides, "image_size": second}),
+                    train, images, works)
     return {rule: (np.asarray(s), m if m else None) for rule, (s, m) in out.items()}
+
+
+def _two_scales(out: dict, config, train: list, images: list, works: list) -> None:
+    """Rules ``scales_mean`` / ``scales_max``: the default map and a second model's (its own
+    bank at ``config.image_size``, smoothed at the same physical σ), each divided by the median
+    image maximum of its own run, then averaged / maximised. The scaling reads the test images
+    (transductive), so this is an optimistic emulation of a two-scale detector, not one."""
+    import cv2
+    import numpy as np
+
+    from engine.models.fewshot import FewShotPatchCore
+    from engine.models.preprocess import grid_to_work, resize_map
+
+    model = FewShotPatchCore(config)
+    model.fit(train)
+    coarse = []
+    for image, fine in zip(images, works, strict=True):
+        tensor = model.working_tensor(image)
+        feats = model._features(tensor)[0]
+        grid = model.bank.knn(feats.flatten(1).T, k=1).distances[:, 0].float().cpu().numpy()
+        work = tuple(int(v) for v in tensor.shape[-2:])
+        sigma = config.blur_sigma * work[0] / fine[0]  # the default's σ in this model's pixels
+        smoothed = cv2.GaussianBlur(grid_to_work(grid.reshape(feats.shape[1:]), *work), (0, 0),
+                                    sigma)
+        coarse.append(resize_map(smoothed, *image.shape[:2]))
+    fine_maps = out["max"][1]
+    scale_a = float(np.median([m.max() for m in fine_maps]))
+    scale_b = float(np.median([m.max() for m in coarse]))
+    for rule, combine in (("scales_mean", lambda a, b: (a / scale_a + b / scale_b) / 2),
+                          ("scales_max", lambda a, b: np.maximum(a / scale_a, b / scale_b))):
+        for a, b in zip(fine_maps, coarse, strict=True):
+            combined = combine(a, b)
+            out[rule][0].append(float(combined.max()))
+            out[rule][1].append(combined)
 
 
 def _density_weight(bank, queries, knn, d1, support: int = 9) -> float:
