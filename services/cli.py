@@ -112,7 +112,8 @@ def cmd_train_files(args: argparse.Namespace) -> int:
     }
     metrics = ", ".join(f"{k}={v:.3f}" for k, v in outcome.metrics.items())
     _print(summary, args.json,
-           f"trained on {len(outcome.shots)} images, bank {outcome.fit.bank_size} vectors, "
+           f"trained on {len(outcome.shots)} image{'s' if len(outcome.shots) != 1 else ''}, "
+           f"bank {outcome.fit.bank_size} vectors, "
            f"threshold {outcome.threshold.value:.4f} ({outcome.threshold.method})"
            + (f"; validation {metrics}" if metrics else "") + f"\nwrote {args.out}")
     return 0
@@ -252,7 +253,9 @@ def cmd_train_project(args: argparse.Namespace) -> int:
     _print(mv, args.json,
            f"model version {mv['id']} done in {mv['fit_seconds']:.1f} s fit: "
            f"{len(metrics['shots'])} shots, threshold {thr['value']:.4f} ({thr['method']})"
-           + (f"; validation {shown}" if shown else ""))
+           + (f"; validation {shown}" if shown else "")
+           + ("; colour ignored: the good images differ in colour"
+              if metrics.get("colour_ignored") else ""))
     return 0
 
 

@@ -274,7 +274,7 @@ def _commit(ctx: Kensa, project_id: int, mv: ModelVersion, outcome: TrainOutcome
             s, mv.id, kind=StateKind.INITIAL.value, state_format=mv.algorithm,
             directory=ctx.stored(model_dir), files=digests, **state_columns(model),
             source_images=[images[p].sha256 for p in outcome.shots],
-            note=f"trained on {len(outcome.shots)} images",
+            note=f"trained on {len(outcome.shots)} image{'s' if len(outcome.shots) != 1 else ''}",
         )
         threshold = repo.add_threshold(
             s, bank_row.id, method=thr.method, raw_value=float(thr.value),

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import db.repositories as repo
+from services import cli
 from services.context import Kensa
 from services.data.projects import create_project
-from services.training.project import train_project
-from tests.services.conftest import PARAMS
+from services.training.project import get_model_version
 from tests.synthetic import coloured_part, write_png
 
 RED, BLUE = 0, 110
@@ -37,11 +37,17 @@ def parts(root: Path, test_hue: int) -> Path:
 
 
 @pytest.mark.parametrize(("test_hue", "ignored"), [(BLUE, True), (RED, False)])
-def test_held_out_goods_decide_whether_colour_matters(ctx: Kensa, tmp_path: Path,
-                                                       test_hue: int, ignored: bool) -> None:
+def test_held_out_goods_decide_whether_colour_matters(
+        ctx: Kensa, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], test_hue: int, ignored: bool) -> None:
+    monkeypatch.setenv("KENSA_HOME", str(ctx.home))
+    monkeypatch.setenv("DATABASE_URL", ctx.database_url)
     create_project(ctx, "heads", parts(tmp_path / "heads", test_hue))
-    mv = train_project(ctx, "heads", shots=1, seed=0, params=PARAMS)
-    assert mv["status"] == "done"
+    assert cli.main(["--quiet", "train", "heads", "--shots", "1", "--seed", "0",
+                     "--set", "image_size=96"]) == 0
+    out = capsys.readouterr().out
+    assert "model version 1 done" in out and ("colour ignored" in out) is ignored
+    mv = get_model_version(ctx, 1)
     assert bool(mv["metrics"].get("colour_ignored")) is ignored
     with ctx.session(readonly=True) as s:
         (bank,) = repo.list_state_versions(s, mv["id"])
