@@ -108,7 +108,8 @@ with left:
         "Good images to learn from",
         ["all", "some"],
         format_func=lambda v: (
-            f"All {setup.n_good_train} good training images"
+            ("The one good training image" if setup.n_good_train == 1
+             else f"All {setup.n_good_train} good training images")
             + (f" ({setup.held_back} kept aside to set the threshold)" if setup.held_back
                else "")
             if v == "all" else "A chosen number (to see how few are enough)"),

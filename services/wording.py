@@ -45,6 +45,11 @@ GLOSSARY: dict[str, str] = {
 }
 
 
+def count(n: int, noun: str) -> str:
+    """``count(1, "image")`` -> "1 image", ``count(3, "image")`` -> "3 images"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def model_numbers(session: Session, project_id: int) -> dict[int, int]:
     """Model version id -> its number within the project (1, 2, 3… in creation order).
 

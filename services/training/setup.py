@@ -36,7 +36,7 @@ from services.training.project import (
     request_training,
     start_training_job,
 )
-from services.wording import model_name
+from services.wording import count, model_name
 
 #: The model a project trains unless another is chosen (Kensa's own few-shot PatchCore).
 DEFAULT_MODEL = registry.DEFAULT_MODEL
@@ -232,7 +232,8 @@ def _duration_words(runs: list[dict[str, Any]], n_train: int, n_held: int,
     source = "from this project's last training" if measured else "an estimate for this machine"
     added = [f"{copies} augmented copies"] * bool(copies) + [
         f"{synthetic} synthetic defects"] * bool(synthetic)
-    return (f"Training on these {n_train} good images and checking {n_held} held-out images"
+    these = "this good image" if n_train == 1 else f"these {n_train} good images"
+    return (f"Training on {these} and checking {count(n_held, 'held-out image')}"
             + (f" (with {' and '.join(added)})" if added else "")
             + f" takes {_seconds_words(seconds)} ({source}).")
 

@@ -99,6 +99,7 @@ def test_impossible_training_is_refused_before_it_starts(
     setup = training_setup(ctx, "three")
     assert setup.shortfall() is None and setup.held_back == 2
     assert "takes about" in setup.duration and "estimate" in setup.duration
+    assert setup.duration.startswith("Training on this good image and checking 2 held-out")
     assert "(with 12 synthetic defects)" in setup.duration  # no defects: painted ones, timed
     mv = train_project(ctx, "three", params=PARAMS)
     assert mv["status"] == "done" and len(mv["metrics"]["shots"]) == 1
