@@ -129,6 +129,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, object]:
         backbone = "efficientnet_lite0"
 
     shots = [load_image(p) for p in train]
+    extra = {"colour_evidence": [load_image(p) for p in evidence]} if kensa and evidence else {}
     if args.method == "kensa_preset":
         from engine.augment import augmented_copies, validate_config
         from engine.models.base import ImageSource
@@ -138,12 +139,9 @@ def run_worker(args: argparse.Namespace) -> dict[str, object]:
         copies = augmented_copies(shots, config, args.copies)
         sources = ([ImageSource(str(p), "") for p in train]
                    + [ImageSource(f"copy{i}", "", augmented=True) for i in range(len(copies))])
-        extra = {"colour_evidence": [load_image(p) for p in evidence]} if evidence else {}
         fit = model.fit(shots + copies, sources=sources, **extra)
-    elif kensa and evidence:
-        fit = model.fit(shots, colour_evidence=[load_image(p) for p in evidence])
     else:
-        fit = model.fit(shots)
+        fit = model.fit(shots, **extra)
     labels, scores, maps, masks = [], [], [], []
     score_s = 0.0
     backbone_s = 0.0
@@ -185,7 +183,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, object]:
         "bank_size": fit.bank_size,
         "n_test": len(tests),
         **({"subset": args.subset} if args.subset else {}),
-        **({"held_out_goods": args.held_out_goods} if kensa and evidence else {}),
+        **({"held_out_goods": args.held_out_goods} if extra else {}),
         "overrides": overrides,
         "coreset": "exact" if args.exact_coreset else "bounded",
         **({"preset": Path(args.preset).name, "copies": args.copies}

@@ -167,11 +167,12 @@ def score_all(overrides: dict, train: list, images: list, seed: int) -> dict:
         for rule, value in add.items():
             out[rule][0].append(float(value))
         out["max"][1].append(resize_map(base, *image.shape[:2]))
+        unsmoothed = grid_to_work(d[..., 0], *work)
         for wide in WIDE_SIGMAS:  # the same distances, smoothed wider: map and its maximum
-            wide_map = cv2.GaussianBlur(grid_to_work(d[..., 0], *work), (0, 0), wide)
+            wide_map = cv2.GaussianBlur(unsmoothed, (0, 0), wide)
             out[f"sigma{wide:g}"][0].append(float(wide_map.max()))
             out[f"sigma{wide:g}"][1].append(resize_map(wide_map, *image.shape[:2]))
-        wide_map = cv2.GaussianBlur(grid_to_work(d[..., 0], *work), (0, 0), max(WIDE_SIGMAS))
+        # (wide_map is now the widest one, WIDE_SIGMAS being in increasing order)
         # where from the widest map, how much from the default one: their mean, and the wide
         # map scaled to the default maximum (the score stays the hottest point of the map)
         blend = (base + wide_map) / 2

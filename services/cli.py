@@ -88,6 +88,7 @@ def cmd_train_files(args: argparse.Namespace) -> int:
     from engine.data import discover
     from services.training.fit import train_model
     from services.training.runs import save_run
+    from services.wording import count
 
     index = discover(args.data)
     for problem in index.problems:
@@ -112,7 +113,7 @@ def cmd_train_files(args: argparse.Namespace) -> int:
     }
     metrics = ", ".join(f"{k}={v:.3f}" for k, v in outcome.metrics.items())
     _print(summary, args.json,
-           f"trained on {len(outcome.shots)} image{'s' if len(outcome.shots) != 1 else ''}, "
+           f"trained on {count(len(outcome.shots), 'image')}, "
            f"bank {outcome.fit.bank_size} vectors, "
            f"threshold {outcome.threshold.value:.4f} ({outcome.threshold.method})"
            + (f"; validation {metrics}" if metrics else "") + f"\nwrote {args.out}")

@@ -282,10 +282,7 @@ def measure(plan: Mapping[str, Any], model_name: str, params: Mapping[str, Any],
     goods = [r for r in held_out if r.label == "good"]
     evidence = colour_evidence(model, goods, expected)  # as the training itself does
     started = time.perf_counter()
-    if evidence:
-        model.fit(images, progress=fit_progress, sources=sources, colour_evidence=evidence)
-    else:
-        model.fit(images, progress=fit_progress, sources=sources)
+    model.fit(images, progress=fit_progress, sources=sources, **evidence)
     fit_s = time.perf_counter() - started
     del images, evidence
     chosen, per_image = synthetic_plan(len(goods)) if plan.get("synthetic") else ([], 0)

@@ -335,9 +335,10 @@ def _load_one(record: ImageRecord, expected: Mapping[str, str] | None, skipped: 
 
 
 def colour_evidence(model: AnomalyModel, goods_held: Sequence[ImageRecord],
-                     expected: Mapping[str, str] | None) -> list[np.ndarray]:
-    """Held-out good images for Kensa's colour decision (``colour="auto"``), at most
-    ``COLOUR_EVIDENCE`` of them; empty for every other model and setting.
+                    expected: Mapping[str, str] | None) -> dict[str, list[np.ndarray]]:
+    """``fit`` keyword arguments for Kensa's colour decision (``colour="auto"``): at most
+    ``COLOUR_EVIDENCE`` held-out good images as ``colour_evidence``; ``{}`` for every other
+    model and setting (their ``fit`` takes no such argument).
 
     The Training page promises to "decide from the good images": all of them, not only the
     shots that go into the bank. A file that cannot be read is left out here and named by the
@@ -346,13 +347,10 @@ def colour_evidence(model: AnomalyModel, goods_held: Sequence[ImageRecord],
     from engine.models.fewshot import FewShotPatchCore  # torch: not at import (pages)
 
     if not isinstance(model, FewShotPatchCore) or model.config.colour != "auto":
-        return []
-    images = []
-    for record in goods_held[:COLOUR_EVIDENCE]:
-        loaded = _load_one(record, expected, [])
-        if loaded is not None:
-            images.append(loaded[0])
-    return images
+        return {}
+    loaded = (_load_one(record, expected, []) for record in goods_held[:COLOUR_EVIDENCE])
+    images = [item[0] for item in loaded if item is not None]
+    return {"colour_evidence": images} if images else {}
 
 
 def load_held_out(record: ImageRecord, expected: Mapping[str, str] | None, skipped: list[str]
@@ -600,8 +598,7 @@ def train_model(
             report(stage, augmented_at + (fitted_at - augmented_at) * fraction)
 
     evidence = colour_evidence(model, goods_held, expected_sha256)
-    fit = (model.fit(images, progress=fit_progress, sources=sources, colour_evidence=evidence)
-           if evidence else model.fit(images, progress=fit_progress, sources=sources))
+    fit = model.fit(images, progress=fit_progress, sources=sources, **evidence)
     del images, evidence  # the copies are no longer needed; validation may hold many images
     scorer = _Scorer(model)
     for i, record in enumerate(held_out):

@@ -41,7 +41,7 @@ from services.training.fit import (
     train_model,
     training_shortfall,
 )
-from services.wording import model_numbers
+from services.wording import count, model_numbers
 
 #: Progress at which fitting and validation end and writing the artifacts begins.
 SAVING_AT = 0.95
@@ -274,7 +274,7 @@ def _commit(ctx: Kensa, project_id: int, mv: ModelVersion, outcome: TrainOutcome
             s, mv.id, kind=StateKind.INITIAL.value, state_format=mv.algorithm,
             directory=ctx.stored(model_dir), files=digests, **state_columns(model),
             source_images=[images[p].sha256 for p in outcome.shots],
-            note=f"trained on {len(outcome.shots)} image{'s' if len(outcome.shots) != 1 else ''}",
+            note=f"trained on {count(len(outcome.shots), 'image')}",
         )
         threshold = repo.add_threshold(
             s, bank_row.id, method=thr.method, raw_value=float(thr.value),
