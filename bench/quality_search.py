@@ -4,10 +4,11 @@
         --data ../shared/datasets/magnetic_tile --subset 60 24 \\
         --configs '[{}, {"image_size": 512}]' --shots 1,4,16 --seeds 0,1,2 [--json FILE]
 
-A bank setting (a ``FewShotConfig`` override, plus three search-only keys: ``"pool"``, the width
-of the neighbourhood averaged into a patch vector, ``"out_indices"``, other backbone stages, and
+A bank setting (a ``FewShotConfig`` override, plus four search-only keys: ``"pool"``, the width
+of the neighbourhood averaged into a patch vector, ``"out_indices"``, other backbone stages,
 ``"second_size"``, a second model at that size whose map joins the first's in the rules
-``scales_mean`` / ``scales_max``, see ``_two_scales``) is
+``scales_mean`` / ``scales_max``, see ``_two_scales``, and ``"max_side_factor"``, the cap on an
+image's working side in multiples of ``image_size``, ``engine.models.fewshot.MAX_SIDE_FACTOR``) is
 fitted once per (data set, shots, seed); every test image is then searched once for its ``K``
 nearest bank vectors, and every image-score rule (``max`` of the smoothed map, the mean of its
 top 1 % / 0.1 % of pixels, the mean of the top 1 % of patches, PatchCore's density reweighting,
@@ -17,6 +18,10 @@ computed from those same distances, so the rules cost nothing extra to compare. 
 line per (data set, setting, shots, seed), with the image AUROC of each defect type against the
 goods under ``max``, and at the end the mean of every (data set, setting) over its shots and
 seeds. Image and pixel AUROC and AUPRO; ``bench/fewshot.py`` times the chosen settings.
+``--size-split PX`` adds the ``max`` rule's image and pixel AUROC inside two groups of test
+images, long side below PX and at least PX (``*_small`` / ``*_large``): on a data set whose
+defect types differ in image size (magnetic tile), it tells a setting that finds defects from
+one that only raises the scores of the larger images.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--subset", type=int, nargs=2, metavar=("GOODS", "PER_TYPE"),
                         help="stratified test subset (applied to data sets with > 200 tests)")
+    parser.add_argument("--size-split", type=int, metavar="PX",
+                        help="also report image/pixel AUROC below / from this long side")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args(argv)
 
@@ -84,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                             row[f"pixel_{rule}"] = round(pixel["pixel_auroc"], 4)
                             row[f"aupro_{rule}"] = round(pixel["aupro"], 4)
                     scores = scored["max"][0]
+                    if args.size_split:
+                        row.update(_size_groups(scores, scored["max"][1], labels, masks,
+                                                usable, images, args.size_split))
                     for name in sorted({r.defect_type or "defect" for r in tests
                                         if r.label == "defect"}):
                         keep = [i for i, r in enumerate(tests) if r.label == "good"
@@ -114,6 +124,15 @@ def score_all(overrides: dict, train: list, images: list, seed: int) -> dict:
     from engine.models.preprocess import grid_to_work, resize_map
 
     overrides = dict(overrides)
+    cap = overrides.pop("max_side_factor", None)
+    if cap is not None:  # read by FewShotPatchCore.working_side at every resize
+        import engine.models.fewshot as fewshot
+
+        saved_cap, fewshot.MAX_SIDE_FACTOR = fewshot.MAX_SIDE_FACTOR, float(cap)
+        try:
+            return score_all(overrides, train, images, seed)
+        finally:
+            fewshot.MAX_SIDE_FACTOR = saved_cap
     second = overrides.pop("second_size", None)
     pool = overrides.pop("pool", None)
     stages = overrides.pop("out_indices", None)
@@ -226,6 +245,26 @@ def _two_scales(out: dict, config, train: list, images: list, works: list) -> No
             combined = combine(a, b)
             out[rule][0].append(float(combined.max()))
             out[rule][1].append(combined)
+
+
+def _size_groups(scores, maps, labels, masks, usable: list[int], images: list, split: int
+                 ) -> dict[str, float]:
+    """The ``max`` rule's image / pixel AUROC among the test images whose long side is below
+    ``split`` (``_small``) and at least ``split`` (``_large``)."""
+    from engine.metrics import image_metrics, pixel_metrics
+
+    out, scorable = {}, set(usable)
+    for group, inside in (("small", lambda i: max(images[i].shape[:2]) < split),
+                          ("large", lambda i: max(images[i].shape[:2]) >= split)):
+        chosen = [i for i in range(len(images)) if inside(i)]
+        if len(set(labels[chosen])) == 2:
+            out[f"image_max_{group}"] = round(
+                image_metrics(scores[chosen], labels[chosen])["image_auroc"], 4)
+        pixels = [i for i in chosen if i in scorable]
+        if any(masks[i] is not None for i in pixels) and maps is not None:
+            out[f"pixel_max_{group}"] = round(pixel_metrics(
+                [maps[i] for i in pixels], [masks[i] for i in pixels])["pixel_auroc"], 4)
+    return out
 
 
 def _density_weight(bank, queries, knn, d1, support: int = 9) -> float:
