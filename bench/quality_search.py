@@ -4,11 +4,13 @@
         --data ../shared/datasets/magnetic_tile --subset 60 24 \\
         --configs '[{}, {"image_size": 512}]' --shots 1,4,16 --seeds 0,1,2 [--json FILE]
 
-A bank setting (a ``FewShotConfig`` override, plus four search-only keys: ``"pool"``, the width
+A bank setting (a ``FewShotConfig`` override, plus five search-only keys: ``"pool"``, the width
 of the neighbourhood averaged into a patch vector, ``"out_indices"``, other backbone stages,
 ``"second_size"``, a second model at that size whose map joins the first's in the rules
-``scales_mean`` / ``scales_max``, see ``_two_scales``, and ``"max_side_factor"``, the cap on an
-image's working side in multiples of ``image_size``, ``engine.models.fewshot.MAX_SIDE_FACTOR``) is
+``scales_mean`` / ``scales_max``, see ``_two_scales``, ``"max_side_factor"``, the cap on an
+image's working side in multiples of ``image_size``, ``engine.models.fewshot.MAX_SIDE_FACTOR``,
+and ``"bank_scales"``, factors by which every shot is also shrunk into the bank, as augmented
+copies) is
 fitted once per (data set, shots, seed); every test image is then searched once for its ``K``
 nearest bank vectors, and every image-score rule (``max`` of the smoothed map, the mean of its
 top 1 % / 0.1 % of pixels, the mean of the top 1 % of patches, PatchCore's density reweighting,
@@ -134,6 +136,7 @@ def score_all(overrides: dict, train: list, images: list, seed: int) -> dict:
         finally:
             fewshot.MAX_SIDE_FACTOR = saved_cap
     second = overrides.pop("second_size", None)
+    copies = overrides.pop("bank_scales", None)
     pool = overrides.pop("pool", None)
     stages = overrides.pop("out_indices", None)
     if stages is not None:  # try other backbone stages without a registry entry
@@ -153,7 +156,17 @@ def score_all(overrides: dict, train: list, images: list, seed: int) -> dict:
         from torch import nn
 
         model.extractor.pool = nn.AvgPool2d(pool, stride=1, padding=pool // 2)
-    model.fit(train)
+    if copies:  # each shot also shrunk by these factors, as augmented copies (views: shots)
+        from engine.models.base import ImageSource
+
+        shrunk = [cv2.resize(im, (max(8, round(im.shape[1] * f)), max(8, round(im.shape[0] * f))),
+                             interpolation=cv2.INTER_AREA) for f in copies for im in train]
+        model.fit([*train, *shrunk],
+                  sources=[*(ImageSource(f"shot{i}", "") for i in range(len(train))),
+                           *(ImageSource(f"copy{i}", "", augmented=True)
+                             for i in range(len(shrunk)))])
+    else:
+        model.fit(train)
     bank = model.bank
     assert bank is not None
     sigma = model.config.blur_sigma
