@@ -107,12 +107,8 @@ with left:
     use_all = st.radio(
         "Good images to learn from",
         ["all", "some"],
-        format_func=lambda v: (
-            ("The one good training image" if setup.n_good_train == 1
-             else f"All {setup.n_good_train} good training images")
-            + (f" ({setup.held_back} kept aside to set the threshold)" if setup.held_back
-               else "")
-            if v == "all" else "A chosen number (to see how few are enough)"),
+        format_func=lambda v: (setup.all_goods_words if v == "all"
+                               else "A chosen number (to see how few are enough)"),
         key="tr_use_all",
     )
     shots: int | None = None

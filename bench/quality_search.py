@@ -267,9 +267,9 @@ def _size_groups(scores, maps, labels, masks, usable: list[int], images: list, s
     from engine.metrics import image_metrics, pixel_metrics
 
     out, scorable = {}, set(usable)
-    for group, inside in (("small", lambda i: max(images[i].shape[:2]) < split),
-                          ("large", lambda i: max(images[i].shape[:2]) >= split)):
-        chosen = [i for i in range(len(images)) if inside(i)]
+    large = [max(image.shape[:2]) >= split for image in images]
+    for group, wanted in (("small", False), ("large", True)):
+        chosen = [i for i, is_large in enumerate(large) if is_large is wanted]
         if len(set(labels[chosen])) == 2:
             out[f"image_max_{group}"] = round(
                 image_metrics(scores[chosen], labels[chosen])["image_auroc"], 4)

@@ -138,6 +138,14 @@ class TrainingSetup:
             return 0
         return max(0, held_out_needed(self.n_defect) - self.n_good_other)
 
+    @property
+    def all_goods_words(self) -> str:
+        """The "all good images" choice in words, with what it keeps aside for the threshold."""
+        words = ("The one good training image" if self.n_good_train == 1
+                 else f"All {self.n_good_train} good training images")
+        held = self.held_back
+        return words + (f" ({held} kept aside to set the threshold)" if held else "")
+
     def max_shots_for_threshold(self) -> int:
         """Most shots that still leave data to choose a threshold on."""
         return max(0, self.n_good_train
