@@ -4,13 +4,18 @@
         --data ../shared/datasets/magnetic_tile --subset 60 24 \\
         --configs '[{}, {"image_size": 512}]' --shots 1,4,16 --seeds 0,1,2 [--json FILE]
 
-A bank setting (a ``FewShotConfig`` override, plus five search-only keys: ``"pool"``, the width
+A bank setting (a ``FewShotConfig`` override, plus six search-only keys: ``"pool"``, the width
 of the neighbourhood averaged into a patch vector, ``"out_indices"``, other backbone stages,
 ``"second_size"``, a second model at that size whose map joins the first's in the rules
 ``scales_mean`` / ``scales_max``, see ``_two_scales``, ``"max_side_factor"``, the cap on an
 image's working side in multiples of ``image_size``, ``engine.models.fewshot.MAX_SIDE_FACTOR``,
-and ``"bank_scales"``, factors by which every shot is also shrunk into the bank, as augmented
-copies) is
+``"bank_scales"``, factors by which every shot is also shrunk into the bank, as augmented
+copies, and ``"map_cap"``, a second pass of every image worked above that multiple of
+``image_size``, at that side, whose map replaces or joins the first's in the rules ``mapcap``,
+``mapcap_mean``, ``mapcap_mean_max``, ``mapcap_clip`` and ``mapcap_score``, see
+``_capped_map``; with cap 0.75, ``mapcap_clip`` is what the model's ``coarse_map`` does,
+but the ``max`` rule's map here leaves that view out, so ``{"coarse_map": false}`` and ``{}``
+give the same rows) is
 fitted once per (data set, shots, seed); every test image is then searched once for its ``K``
 nearest bank vectors, and every image-score rule (``max`` of the smoothed map, the mean of its
 top 1 % / 0.1 % of pixels, the mean of the top 1 % of patches, PatchCore's density reweighting,
@@ -136,6 +141,7 @@ def score_all(overrides: dict, train: list, images: list, seed: int) -> dict:
         finally:
             fewshot.MAX_SIDE_FACTOR = saved_cap
     second = overrides.pop("second_size", None)
+    map_cap = overrides.pop("map_cap", None)
     copies = overrides.pop("bank_scales", None)
     pool = overrides.pop("pool", None)
     stages = overrides.pop("out_indices", None)
@@ -220,10 +226,46 @@ def score_all(overrides: dict, train: list, images: list, seed: int) -> dict:
         knn3 = smooth(d.mean(axis=2), work)
         out["knn3"][0].append(float(knn3.max()))
         out["knn3"][1].append(resize_map(knn3, *image.shape[:2]))
+        if map_cap is not None:
+            _capped_map(out, model, image, base, float(map_cap), smooth)
     if second is not None:  # a second, coarser model beside the first: combined maps
         _two_scales(out, FewShotConfig(seed=seed, **{**overrides, "image_size": second}),
                     train, images, works)
     return {rule: (np.asarray(s), m if m else None) for rule, (s, m) in out.items()}
+
+
+def _capped_map(out: dict, model, image, base, cap: float, smooth) -> None:
+    """Rules ``mapcap*``: an image worked above ``cap`` x ``image_size`` (and above
+    ``image_size``) is scored a second time at ``cap`` x ``image_size`` against the same bank
+    (shrunk from the original image, where the engine's ``coarse_map`` shrinks the working
+    tensor: the same within resampling). The image score stays the first pass's maximum and
+    the map is the second pass's (``mapcap``), the mean of both (``mapcap_mean``), or the mean
+    with the second capped at the score (``mapcap_clip``); ``mapcap_mean_max`` scores the mean
+    map's maximum and ``mapcap_score`` the second pass's (= ``max_side_factor`` = cap)."""
+    import numpy as np
+
+    from engine.models.preprocess import resize_map, to_tensor
+
+    first = resize_map(base, *image.shape[:2])
+    side = int(cap * model.config.image_size)
+    if model.working_side(image) <= max(side, model.config.image_size):
+        second, score = first, float(base.max())
+    else:
+        tensor = to_tensor(image, side)
+        feats = model._features(tensor)[0]
+        grid = model.bank.knn(feats.flatten(1).T, k=1).distances[:, 0].float().cpu().numpy()
+        work = tuple(int(v) for v in tensor.shape[-2:])
+        small = smooth(grid.reshape(feats.shape[1:]), work)
+        second, score = resize_map(small, *image.shape[:2]), float(small.max())
+    mean = (first + second) / 2
+    clipped = (first + np.minimum(second, base.max())) / 2
+    for rule, amap, value in (("mapcap", second, base.max()),
+                              ("mapcap_mean", mean, base.max()),
+                              ("mapcap_mean_max", mean, mean.max()),
+                              ("mapcap_clip", clipped, base.max()),
+                              ("mapcap_score", second, score)):
+        out[rule][0].append(float(value))
+        out[rule][1].append(np.asarray(amap, dtype=np.float32))
 
 
 def _two_scales(out: dict, config, train: list, images: list, works: list) -> None:

@@ -15,7 +15,11 @@ working size:
 - ``grid_to_work`` and ``cv2.GaussianBlur`` are both linear and separable, so each is read off
   the real function as a matrix (one call per basis vector) and the two are folded into one
   matrix per axis: ``work = Mh @ grid @ Mw^T``. OpenCV's kernel size, kernel and
-  BORDER_REFLECT_101 are therefore OpenCV's own, not a re-implementation that could drift.
+  BORDER_REFLECT_101 are therefore OpenCV's own, not a re-implementation that could drift;
+- a working size above ``image_size`` (images larger than the shots) carries the coarse view
+  of ``FewShotPatchCore._coarse_view``: the input shrunk by area matrices equal to the app's
+  OpenCV ``INTER_AREA`` (``engine.models.preprocess.area_matrix``), scored, its map brought
+  back by matrices read off ``resize_map``, capped at the score and averaged in.
 
 Nothing here decides anything on the data in Python, so tracing records the whole computation.
 The parity test compares against ``model.score`` (tests/engine/export/test_core.py): any drift
@@ -25,6 +29,7 @@ of the app's pipeline from this copy fails there, and an export is refused (engi
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import cv2
@@ -34,7 +39,7 @@ from torch import nn
 
 from engine.features import FeatureAlignment, PatchFeatureExtractor
 from engine.models.colour import to_gray
-from engine.models.preprocess import GRID_STRIDE, grid_to_work
+from engine.models.preprocess import GRID_STRIDE, area_matrix, grid_to_work, resize_map
 
 if TYPE_CHECKING:
     from engine.models.fewshot import FewShotPatchCore
@@ -48,35 +53,40 @@ MIN_STD = 1e-3
 _EXTRACT = getattr(PatchFeatureExtractor.forward, "__wrapped__", PatchFeatureExtractor.forward)
 
 
-def upsample_matrix(cells: int, pixels: int) -> np.ndarray:
-    """[pixels, cells] float64: ``grid_to_work`` along one axis, as a matrix.
+def _read_off(axis: Callable[[np.ndarray], np.ndarray], src: int, dst: int) -> np.ndarray:
+    """[dst, src] float64: a linear function of one axis, as a matrix.
 
-    Column j is the function applied to the j-th unit vector (a 1-wide other axis is held as
-    it is), so the matrix is the app's own interpolation, whatever its cell-centre rule.
+    Column j is ``axis`` applied to the j-th unit vector, a ``src x 1`` image (a 1-wide other
+    axis is held as it is), so the matrix is the app's own function, whatever its details.
     """
-    out = np.empty((pixels, cells), dtype=np.float64)
-    for j in range(cells):
-        unit = np.zeros((cells, 1), dtype=np.float32)
+    out = np.empty((dst, src), dtype=np.float64)
+    for j in range(src):
+        unit = np.zeros((src, 1), dtype=np.float32)
         unit[j, 0] = 1.0
-        out[:, j] = grid_to_work(unit, pixels, 1)[:, 0]
+        out[:, j] = axis(unit)[:, 0]
     return out
+
+
+def upsample_matrix(cells: int, pixels: int) -> np.ndarray:
+    """[pixels, cells] float64: ``grid_to_work`` along one axis (its cell-centre rule too)."""
+    return _read_off(lambda unit: grid_to_work(unit, pixels, 1), cells, pixels)
+
+
+def resize_matrix(src: int, dst: int) -> np.ndarray:
+    """[dst, src] float64: ``resize_map`` (OpenCV bilinear) along one axis."""
+    return _read_off(lambda unit: resize_map(unit, dst, 1), src, dst)
 
 
 def blur_matrix(pixels: int, sigma: float) -> np.ndarray:
     """[pixels, pixels] float64: ``cv2.GaussianBlur(x, (0, 0), sigma)`` along one axis.
 
-    Read off OpenCV column by column on a ``pixels x 1`` image (the 1-wide axis reflects onto
-    itself, so only this axis is blurred): OpenCV's kernel size rule, kernel values and
-    BORDER_REFLECT_101 come with it. ``sigma <= 0``: no blur, as in ``score_one``.
+    Read off OpenCV on a ``pixels x 1`` image (the 1-wide axis reflects onto itself, so only
+    this axis is blurred): OpenCV's kernel size rule, kernel values and BORDER_REFLECT_101
+    come with it. ``sigma <= 0``: no blur, as in ``score_one``.
     """
     if sigma <= 0:
         return np.eye(pixels)
-    out = np.empty((pixels, pixels), dtype=np.float64)
-    for j in range(pixels):
-        unit = np.zeros((pixels, 1), dtype=np.float32)
-        unit[j, 0] = 1.0
-        out[:, j] = cv2.GaussianBlur(unit, (0, 0), sigma)[:, 0]
-    return out
+    return _read_off(lambda unit: cv2.GaussianBlur(unit, (0, 0), sigma), pixels, pixels)
 
 
 class InferenceCore(nn.Module):
@@ -90,7 +100,8 @@ class InferenceCore(nn.Module):
     def __init__(self, extractor: PatchFeatureExtractor, bank: torch.Tensor, height: int,
                  width: int, *, gray: bool, match_intensity: bool,
                  intensity: tuple[float, float], n_neighbors: int, blur_sigma: float,
-                 alignment: FeatureAlignment | None = None) -> None:
+                 alignment: FeatureAlignment | None = None,
+                 coarse: tuple[int, int] | None = None) -> None:
         super().__init__()
         if height % GRID_STRIDE or width % GRID_STRIDE or min(height, width) < 32:
             raise ValueError(f"working size {height}x{width}: both sides must be multiples of "
@@ -119,6 +130,20 @@ class InferenceCore(nn.Module):
         self.register_buffer("rows", torch.from_numpy(rows.astype(np.float32)))
         self.register_buffer("cols_t", torch.from_numpy(np.ascontiguousarray(cols.T,
                                                                              np.float32)))
+        #: the coarse view's size (``FewShotPatchCore.coarse_shape``), None without one
+        self.coarse = None if coarse is None else (int(coarse[0]), int(coarse[1]))
+        if self.coarse is not None:
+            nh, nw = self.coarse
+            for name, matrix in (
+                ("shrink_rows", area_matrix(height, nh)),
+                ("shrink_cols_t", area_matrix(width, nw).T),
+                ("coarse_rows", resize_matrix(nh, height) @ blur_matrix(nh, blur_sigma)
+                 @ upsample_matrix(nh // GRID_STRIDE, nh)),
+                ("coarse_cols_t", (resize_matrix(nw, width) @ blur_matrix(nw, blur_sigma)
+                                    @ upsample_matrix(nw // GRID_STRIDE, nw)).T),
+            ):
+                self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(matrix,
+                                                                                 np.float32)))
 
     @classmethod
     def from_model(cls, model: FewShotPatchCore, height: int, width: int) -> InferenceCore:
@@ -126,7 +151,8 @@ class InferenceCore(nn.Module):
 
         Reads only what scoring reads: the extractor, the bank, ``state.gray``,
         ``state.intensity``, the feature alignment (``model.feature_alignment()``) and the
-        config's ``match_intensity``, ``n_neighbors`` and ``blur_sigma``. A CPU extractor is
+        config's ``match_intensity``, ``n_neighbors`` and ``blur_sigma``, and the coarse view
+        (``model.coarse_shape``) of a working size above ``image_size``. A CPU extractor is
         shared, not copied (it is never trained).
         """
         if model.bank is None:
@@ -138,7 +164,8 @@ class InferenceCore(nn.Module):
         core = cls(extractor, model.bank.vectors, height, width,
                    gray=model.state.gray, match_intensity=config.match_intensity,
                    intensity=model.state.intensity, n_neighbors=config.n_neighbors,
-                   blur_sigma=config.blur_sigma, alignment=model.feature_alignment())
+                   blur_sigma=config.blur_sigma, alignment=model.feature_alignment(),
+                   coarse=model.coarse_shape(height, width))
         return core.to("cpu")
 
     @property
@@ -175,9 +202,16 @@ class InferenceCore(nn.Module):
         return exact.mean(-1).reshape(b, gh, gw)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = _EXTRACT(self.extractor, self.prepare(images))
-        if self.alignment is not None:
-            features = self.alignment(features)
-        work = self.rows @ self.patch_scores(features) @ self.cols_t  # [B, H, W]
+        work = self.rows @ self.patch_scores(self.features(images)) @ self.cols_t  # [B, H, W]
         scores = work.flatten(1).max(dim=1).values
+        if self.coarse is not None:  # FewShotPatchCore._coarse_view
+            small = self.shrink_rows @ images @ self.shrink_cols_t
+            second = self.coarse_rows @ self.patch_scores(self.features(small)) \
+                @ self.coarse_cols_t
+            work = (work + torch.minimum(second, scores[:, None, None])) / 2
         return scores, work.unsqueeze(1)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Prepared, extracted and aligned as ``FewShotPatchCore._features``."""
+        features = _EXTRACT(self.extractor, self.prepare(images))
+        return features if self.alignment is None else self.alignment(features)

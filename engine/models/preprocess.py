@@ -89,3 +89,29 @@ def cell_at(position: float, cells: int, pixels: int, centre: float = CELL_CENTR
 def resize_map(score_map: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bring an anomaly map back to the original image size (bilinear)."""
     return cv2.resize(score_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def area_matrix(src: int, dst: int) -> np.ndarray:
+    """[dst, src] float64: :func:`shrink` along one axis, as a matrix (for exported graphs).
+
+    Output pixel j averages the source span [j * src / dst, (j + 1) * src / dst), each source
+    pixel weighted by how much of it lies inside: OpenCV's ``INTER_AREA`` rule, which
+    :func:`shrink` runs (a dense matrix product costs ~60 ms on an 850-px image, the banded
+    OpenCV loop ~1 ms); tests/engine/test_preprocess_views.py holds the two equal.
+    """
+    if not 0 < dst <= src:
+        raise ValueError(f"area_matrix shrinks: need 0 < dst <= src, got src={src}, dst={dst}")
+    step = src / dst
+    starts = np.arange(dst)[:, None] * step
+    pixels = np.arange(src)[None, :]
+    overlap = np.clip(np.minimum(starts + step, pixels + 1) - np.maximum(starts, pixels), 0, None)
+    return overlap / step
+
+
+def shrink(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[1,C,H,W] float -> [1,C,height,width] by area averaging (OpenCV ``INTER_AREA``)."""
+    image = tensor[0].permute(1, 2, 0).float().cpu().numpy()
+    small = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    if small.ndim == 2:  # OpenCV drops a single channel's axis
+        small = small[..., None]
+    return torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1)[None].to(tensor)

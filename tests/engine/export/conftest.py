@@ -60,3 +60,19 @@ def fitted_model(config: FewShotConfig, seed: int = 0) -> Fitted:
 @pytest.fixture(scope="session")
 def fitted() -> Fitted:
     return fitted_model(FewShotConfig(image_size=SIZE))
+
+
+def larger_than_shots(seed: int = 3) -> Fitted:
+    """Shots cropped to 80 x 64, validation images of 120 x 96: worked above image_size, so
+    scoring adds the coarse view (``FewShotConfig.coarse_map``); threshold mean + 3 sigma of
+    the two goods."""
+    rng = np.random.default_rng(seed)
+    model = FewShotPatchCore(FewShotConfig(image_size=SIZE), device="cpu")
+    model.fit([crop(texture(rng, HEIGHT))[:80, :64] for _ in range(3)])
+    goods = [crop(texture(rng, HEIGHT)) for _ in range(2)]
+    images = goods + [crop(with_defect(rng, texture(rng, HEIGHT))[0]) for _ in range(2)]
+    good_scores = model.score(goods).scores
+    batch = torch.cat([model.working_tensor(im) for im in images])
+    return Fitted(model, images, ["good_0.png", "good_1.png", "defect_0.png", "defect_1.png"],
+                  batch, mean_k_sigma(good_scores).value, good_scores,
+                  model.score(images).scores)

@@ -10,7 +10,7 @@ import torch
 from engine.export.core import InferenceCore, blur_matrix
 from engine.models.fewshot import FewShotConfig
 from engine.models.preprocess import resize_map
-from tests.engine.export.conftest import SIZE, Fitted, fitted_model
+from tests.engine.export.conftest import SIZE, Fitted, fitted_model, larger_than_shots
 
 
 def _check(fitted: Fitted) -> None:
@@ -57,6 +57,19 @@ def test_core_matches_the_feature_alignment(options: dict) -> None:
     assert torch.equal(buffers["alignment.ref_mean"].view(-1), stats.mean)
     assert torch.equal(buffers["alignment.ref_std"].view(-1), stats.std)
     _check(fitted)
+
+
+def test_core_matches_the_coarse_view_of_a_larger_image(fitted: Fitted) -> None:
+    """Images larger than the shots are worked above ``image_size``, so scoring averages a
+    coarse map into theirs, and so must the graph."""
+    larger = larger_than_shots()
+    assert max(larger.batch.shape[-2:]) > SIZE
+    core = InferenceCore.from_model(larger.model, *larger.batch.shape[-2:])
+    assert core.coarse == larger.model.coarse_shape(*larger.batch.shape[-2:]) is not None
+    _check(larger)
+    # images of the shots' size are worked at image_size: no coarse view in the graph
+    plain = InferenceCore.from_model(fitted.model, *fitted.batch.shape[-2:])
+    assert plain.coarse is None and "shrink_rows" not in dict(plain.named_buffers())
 
 
 def test_a_model_without_alignment_has_no_alignment_in_its_graph(fitted: Fitted) -> None:

@@ -21,7 +21,7 @@ from engine.export.parity import (
     threshold_normalizer,
 )
 from engine.models.fewshot import FewShotConfig
-from tests.engine.export.conftest import SIZE, Fitted, fitted_model
+from tests.engine.export.conftest import SIZE, Fitted, fitted_model, larger_than_shots
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,21 @@ def test_feature_alignment_survives_export(fmt: str, tmp_path: Path) -> None:
     report = _parity(fitted, export_core(core, tmp_path, fmt).path)
     require_parity(report)
     assert report.max_abs_diff <= TOLERANCE
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_the_coarse_view_survives_export(fmt: str, tmp_path: Path) -> None:
+    """Images larger than the shots: the shrink, the second bank search and the capped mean
+    are in the file, whose maps are the app's."""
+    larger = larger_than_shots()
+    core = InferenceCore.from_model(larger.model, *larger.batch.shape[-2:])
+    assert core.coarse is not None
+    exported = export_core(core, tmp_path, fmt)
+    require_parity(_parity(larger, exported.path))
+    _, maps = ExportedRunner(exported.path).score(larger.batch)
+    with torch.no_grad():
+        want = core(larger.batch)[1][:, 0].numpy()
+    np.testing.assert_allclose(maps, want, rtol=0, atol=1e-3 * float(want.max()))
 
 
 def test_fp16_is_measured_and_judged_by_the_same_rule(
