@@ -240,7 +240,8 @@ def _capped_map(out: dict, model, image, base, cap: float, smooth) -> None:
     (shrunk from the original image, where the engine's ``coarse_map`` shrinks the working
     tensor: the same within resampling). The image score stays the first pass's maximum and
     the map is the second pass's (``mapcap``), the mean of both (``mapcap_mean``), or the mean
-    with the second capped at the score (``mapcap_clip``); ``mapcap_mean_max`` scores the mean
+    with the second capped at the score (``mapcap_clip``), or the larger of the first and the
+    capped second (``mapcap_raise``); ``mapcap_mean_max`` scores the mean
     map's maximum and ``mapcap_score`` the second pass's (= ``max_side_factor`` = cap)."""
     import numpy as np
 
@@ -259,10 +260,12 @@ def _capped_map(out: dict, model, image, base, cap: float, smooth) -> None:
         second, score = resize_map(small, *image.shape[:2]), float(small.max())
     mean = (first + second) / 2
     clipped = (first + np.minimum(second, base.max())) / 2
+    raised = np.maximum(first, np.minimum(second, base.max()))
     for rule, amap, value in (("mapcap", second, base.max()),
                               ("mapcap_mean", mean, base.max()),
                               ("mapcap_mean_max", mean, mean.max()),
                               ("mapcap_clip", clipped, base.max()),
+                              ("mapcap_raise", raised, base.max()),
                               ("mapcap_score", second, score)):
         out[rule][0].append(float(value))
         out[rule][1].append(np.asarray(amap, dtype=np.float32))

@@ -84,8 +84,8 @@ ScaleMode = Literal["shared", "per_image"]
 MAX_SIDE_FACTOR = 2
 
 #: the coarse view's long side, in multiples of ``image_size`` (``FewShotConfig.coarse_map``):
-#: 0.75 measured best for pixel AUROC within the speed budget (1.0 and 0.875 keep more AUPRO
-#: but cost +39 % / +29 % scoring time on mixed-size tiles, 0.75 +20 %; README, stop 23)
+#: 0.75 measured best for pixel AUROC within the speed budget (1.0 and 0.875 keep more AUPRO;
+#: 1.0 costs +39 % scoring time on mixed-size tiles, over the budget, 0.75 +20 %; README)
 COARSE_FACTOR = 0.75
 
 BANK_FILE = "bank.safetensors"
