@@ -43,7 +43,7 @@ from engine.features import (
     PatchFeatureExtractor,
 )
 from engine.heap import HeapTrimmer
-from engine.memory_bank import BankIntegrityError, IncrementalMemoryBank, MemoryBank
+from engine.memory_bank import BankIntegrityError, IncrementalMemoryBank, KnnResult, MemoryBank
 from engine.models.augment_views import (
     ViewMode,
     angles_for,
@@ -524,19 +524,23 @@ class FewShotPatchCore:
     # -- score ----------------------------------------------------------------------------
     def patch_distances(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, tuple]:
         """kNN of every patch of one image: distances [h*w,k], indices [h*w,k], grid shape."""
-        if self.bank is None:
-            raise RuntimeError("the model has no memory bank yet: call fit() or load() first")
         tensor = self.working_tensor(image)
-        feats = self._features(tensor)[0]
-        grid = tuple(feats.shape[1:])
-        result = self.bank.knn(feats.flatten(1).T, k=self.config.n_neighbors)
+        result, grid = self._search(tensor, self.config.n_neighbors)
         return result.distances, result.indices, (grid, tuple(tensor.shape[-2:]))
 
+    def _search(self, tensor: torch.Tensor, k: int) -> tuple[KnnResult, tuple[int, int]]:
+        """The ``k`` nearest bank vectors of every patch of a [1,3,h,w] tensor, and its grid."""
+        if self.bank is None:
+            raise RuntimeError("the model has no memory bank yet: call fit() or load() first")
+        feats = self._features(tensor)[0]
+        return self.bank.knn(feats.flatten(1).T, k=k), (int(feats.shape[1]), int(feats.shape[2]))
+
     def score_one(self, image: np.ndarray) -> tuple[float, np.ndarray]:
-        distances, _, (grid, work_size) = self.patch_distances(image)
-        work = self._work_map(distances.mean(dim=1), grid, work_size)
+        tensor = self.working_tensor(image)
+        result, grid = self._search(tensor, self.config.n_neighbors)
+        work = self._work_map(result.distances.mean(dim=1), grid, tensor.shape[-2:])
         score = float(work.max())
-        work = self._coarse_view(image, work, score)
+        work = self._coarse_view(tensor, work, score)
         return score, resize_map(work, image.shape[0], image.shape[1])
 
     def _work_map(self, patch: torch.Tensor, grid: Sequence[int], work: Sequence[int]
@@ -556,7 +560,8 @@ class FewShotPatchCore:
             return None
         return resized_shape(height, width, round(COARSE_FACTOR * size))
 
-    def _coarse_view(self, image: np.ndarray, work: np.ndarray, score: float) -> np.ndarray:
+    def _coarse_view(self, tensor: torch.Tensor, work: np.ndarray, score: float
+                     ) -> np.ndarray:
         """``work`` averaged with the map of the same image shrunk to ``COARSE_FACTOR`` x
         ``image_size``.
 
@@ -572,10 +577,8 @@ class FewShotPatchCore:
         shape = self.coarse_shape(*work.shape)
         if shape is None:
             return work
-        small = shrink(self.working_tensor(image), *shape)
-        feats = self._features(small)[0]
-        distances = self.bank.knn(feats.flatten(1).T, k=self.config.n_neighbors).distances
-        second = self._work_map(distances.mean(dim=1), feats.shape[1:], shape)
+        result, grid = self._search(shrink(tensor, *shape), self.config.n_neighbors)
+        second = self._work_map(result.distances.mean(dim=1), grid, shape)
         second = resize_map(second, *work.shape)
         return (work + np.minimum(second, np.float32(score))) / 2
 
@@ -602,13 +605,11 @@ class FewShotPatchCore:
         k = max(1, min(int(k), len(self.bank)))
         n = self.config.n_neighbors
         tensor = self.working_tensor(image)
-        feats = self._features(tensor)[0]
-        gh, gw = (int(v) for v in feats.shape[1:])
-        result = self.bank.knn(feats.flatten(1).T, k=max(k, n))
+        result, (gh, gw) = self._search(tensor, max(k, n))
         work_h, work_w = (int(v) for v in tensor.shape[-2:])
         work = self._work_map(result.distances[:, :n].mean(dim=1), (gh, gw), (work_h, work_w))
         score = float(work.max())
-        work = self._coarse_view(image, work, score)  # as score_one
+        work = self._coarse_view(tensor, work, score)  # as score_one
         rows = result.indices[:, :k].cpu()
         return PatchEvidence(
             score, resize_map(work, image.shape[0], image.shape[1]),

@@ -23,7 +23,7 @@ def fitted() -> FewShotPatchCore:
     return model
 
 
-def without_second_view(model: FewShotPatchCore) -> FewShotPatchCore:
+def without_coarse_view(model: FewShotPatchCore) -> FewShotPatchCore:
     """The same bank and state, ``coarse_map`` off."""
     other = FewShotPatchCore(dataclasses.replace(model.config, coarse_map=False), device="cpu")
     other.bank, other.state = model.bank, dataclasses.replace(model.state,
@@ -41,7 +41,7 @@ def test_only_images_worked_above_image_size_get_a_coarse_view(fitted) -> None:
     assert fitted.working_side(large_image()) == 192
     assert fitted.coarse_shape(192, 192) == (72, 72)  # 0.75 x image_size
     assert fitted.coarse_shape(96, 64) is None
-    off = without_second_view(fitted)
+    off = without_coarse_view(fitted)
     assert off.coarse_shape(192, 192) is None
     same = texture(np.random.default_rng(2), 64)  # the shots' size: worked at 96
     a, b = fitted.score([same]), off.score([same])
@@ -52,7 +52,7 @@ def test_only_images_worked_above_image_size_get_a_coarse_view(fitted) -> None:
 def test_the_coarse_view_changes_the_map_never_the_score(fitted) -> None:
     image = large_image()
     with_view = fitted.score([image])
-    plain = without_second_view(fitted).score([image])
+    plain = without_coarse_view(fitted).score([image])
     np.testing.assert_array_equal(with_view.scores, plain.scores)
     assert with_view.maps[0].shape == plain.maps[0].shape == image.shape[:2]
     assert not np.allclose(with_view.maps[0], plain.maps[0], atol=1e-3 * plain.scores[0])
@@ -79,7 +79,7 @@ def test_a_model_saved_before_the_coarse_view_keeps_its_maps(fitted, tmp_path) -
     assert not old.config.coarse_map
     image = large_image()
     np.testing.assert_allclose(old.score([image]).maps[0],
-                               without_second_view(fitted).score([image]).maps[0], rtol=1e-5)
+                               without_coarse_view(fitted).score([image]).maps[0], rtol=1e-5)
 
 
 def test_config_refuses_a_non_boolean_coarse_view() -> None:
