@@ -2,8 +2,11 @@
 
 PatchCore's recipe: a stride-8 stage for localisation and a stride-16 stage for context, each
 averaged over a 3x3 neighbourhood so a patch vector describes its surroundings, then the coarse
-map is upsampled and concatenated. Optional normalisations make the vectors less sensitive to
-global light changes, which matters when the line's lighting drifts.
+map is upsampled and concatenated. The stride-8 block can be down-weighted (``fine_weight``: its
+share of every squared distance) or left out: with few shots its texture detail varies between
+good parts nearly as much as a defect changes it (README "How the detector works"). Optional
+normalisations make the vectors less sensitive to global light changes, which matters when the
+line's lighting drifts.
 
 Two of them need statistics of the training patches, which an extractor never sees:
 ``normalization="batch"`` and style alignment (AdaIN). They live in :class:`FeatureAlignment`,
@@ -41,8 +44,11 @@ class PatchFeatureExtractor(nn.Module):
         pool_size: int = 3,
         normalization: ImageNormalization = "none",
         align_coarse: bool = True,
+        fine_weight: float = 1.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= float(fine_weight) <= 1.0:
+            raise ValueError(f"fine_weight must be in [0, 1], got {fine_weight!r}")
         if normalization not in ("none", "instance", "layer"):
             raise ValueError(
                 f"normalization must be none, instance or layer, not {normalization!r} (batch "
@@ -52,6 +58,9 @@ class PatchFeatureExtractor(nn.Module):
         self.network = build_feature_extractor(backbone)
         self.pool = nn.AvgPool2d(pool_size, stride=1, padding=pool_size // 2)
         self.normalization = normalization
+        #: the stride-8 stage's share of every squared distance (its block is scaled by the
+        #: square root); 0 leaves the block out, and the grid stays the stride-8 one
+        self.fine_weight = float(fine_weight)
         #: False: the pre-alignment upsampling (half a stride-8 cell off), for banks built so
         self.align_coarse = align_coarse
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
@@ -60,7 +69,17 @@ class PatchFeatureExtractor(nn.Module):
 
     @property
     def dim(self) -> int:
-        return int(sum(self.network.feature_info.channels()))
+        channels = self.network.feature_info.channels()
+        return int(sum(channels[1:] if self.fine_weight == 0 else channels))
+
+    def channel_gain(self) -> torch.Tensor | None:
+        """[D] the factor each output channel carries from ``fine_weight``, or None when all
+        are 1 (a weight of 0 drops the block rather than scaling it)."""
+        if self.fine_weight in (0, 1):
+            return None
+        gain = torch.ones(self.dim)
+        gain[: self.network.feature_info.channels()[0]] = self.fine_weight ** 0.5
+        return gain
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -82,6 +101,10 @@ class PatchFeatureExtractor(nn.Module):
         elif self.normalization == "layer":
             stages = [F.layer_norm(stage.movedim(1, -1), stage.shape[1:2]).movedim(-1, 1)
                       for stage in stages]
+        if self.fine_weight == 0:
+            stages = stages[1:]
+        elif self.fine_weight != 1:
+            stages[0] = stages[0] * self.fine_weight ** 0.5
         return torch.cat(stages, dim=1)
 
 
@@ -135,12 +158,20 @@ class FeatureAlignment(nn.Module):
     identically).
     """
 
-    def __init__(self, stats: ChannelStats, *, standardize: bool, style_align: bool) -> None:
+    def __init__(self, stats: ChannelStats, *, standardize: bool, style_align: bool,
+                 gain: torch.Tensor | None = None) -> None:
         super().__init__()
         self.standardize = bool(standardize)
         self.style_align = bool(style_align)
         self.register_buffer("ref_mean", stats.mean.detach().float().view(1, -1, 1, 1).clone())
         self.register_buffer("ref_std", stats.std.detach().float().view(1, -1, 1, 1).clone())
+        #: per-channel weights [D] put back after standardizing (which divides out the
+        #: extractor's ``fine_weight``); None: none, and no buffer in an exported graph
+        self.gain: torch.Tensor | None
+        if standardize and gain is not None:
+            self.register_buffer("gain", gain.detach().float().view(1, -1, 1, 1).clone())
+        else:
+            self.gain = None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.style_align:
@@ -149,6 +180,8 @@ class FeatureAlignment(nn.Module):
             features = (features - mean) / (var + STATS_EPS).sqrt() * self.ref_std + self.ref_mean
         if self.standardize:
             features = (features - self.ref_mean) / self.ref_std
+            if self.gain is not None:
+                features = features * self.gain
         return features
 
     def vectors(self, vectors: torch.Tensor) -> torch.Tensor:

@@ -88,6 +88,10 @@ MAX_SIDE_FACTOR = 2
 #: 1.0 costs +39 % scoring time on mixed-size tiles, over the budget, 0.75 +20 %; README)
 COARSE_FACTOR = 0.75
 
+#: ``FewShotConfig.fine_weight``'s default (stop 24, bench/quality_search.py key
+#: ``"fine_weight"``); a model.json without the key was built with 1
+FINE_WEIGHT_DEFAULT = 0.25
+
 BANK_FILE = "bank.safetensors"
 #: the training patches' per-channel mean/std (``normalization="batch"``, ``style_align``)
 STATS_FILE = "feature_stats.safetensors"
@@ -126,6 +130,11 @@ class FewShotConfig:
     #: ``_coarse_view``); its score stays its own. Nothing changes where every image has one
     #: size.
     coarse_map: bool = True
+    #: the stride-8 stage's share of every squared patch distance, against the stride-16
+    #: stage's 1 (0: stride-16 context alone, on the same stride-8 grid). With few shots the
+    #: fine stage's texture detail differs between good parts more than defects differ from
+    #: them; README "How the detector works"
+    fine_weight: float = FINE_WEIGHT_DEFAULT
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -145,6 +154,10 @@ class FewShotConfig:
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be none, instance, layer or batch, got "
                              f"{self.normalization!r}")
+        weight = self.fine_weight
+        if isinstance(weight, bool) or not isinstance(weight, int | float) \
+                or not 0 <= weight <= 1:
+            raise ValueError(f"fine_weight must be a number in [0, 1], got {weight!r}")
         for name in ("style_align", "coarse_map"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -243,7 +256,7 @@ class FewShotPatchCore:
         per_image = cast(ImageNormalization, "none" if self.config.normalization == "batch"
                          else self.config.normalization)
         self.extractor = PatchFeatureExtractor(
-            self.config.backbone, normalization=per_image
+            self.config.backbone, normalization=per_image, fine_weight=self.config.fine_weight
         ).to(self.device)
         self.bank: MemoryBank | None = None
         self.state = FewShotState(self.config)
@@ -305,7 +318,8 @@ class FewShotPatchCore:
         if stats is None or not self.config.uses_feature_stats:
             return None
         return FeatureAlignment(stats, standardize=self.config.normalization == "batch",
-                                style_align=self.config.style_align).to(self.device)
+                                style_align=self.config.style_align,
+                                gain=self.extractor.channel_gain()).to(self.device)
 
     def _prepare(self, tensor: torch.Tensor) -> torch.Tensor:
         """The backbone's input: grey if the bank reads brightness only, intensity-matched."""
@@ -685,8 +699,10 @@ class FewShotPatchCore:
         payload = read_model_json(directory, files, cls.name)
         try:
             params = require(payload, "config", directory)
-            # a model saved before the coarse view keeps the maps it was checked with
-            params = {"coarse_map": False, **params} if isinstance(params, dict) else params
+            # a model saved before the coarse view (or the stage weight) keeps the maps it was
+            # checked with
+            params = ({"coarse_map": False, "fine_weight": 1.0, **params}
+                      if isinstance(params, dict) else params)
             config = FewShotConfig.from_params(params)
             model = cls(config, device=device)
             # a bank built before the stages were aligned keeps its features' geometry

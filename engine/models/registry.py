@@ -66,7 +66,7 @@ register(ModelSpec(
         "max_bank": 4_000, "n_neighbors": 1, "normalization": "none", "style_align": False,
         "blur_sigma": 6.0,
         "match_intensity": True, "colour": "auto", "scale": "shared",
-        "coarse_map": True, "seed": 0,
+        "coarse_map": True, "fine_weight": 0.25, "seed": 0,
     },
     target="engine.models.fewshot:FewShotPatchCore",
 ))

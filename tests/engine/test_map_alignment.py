@@ -2,7 +2,9 @@
 
 A drawn dark square on a generated texture at several positions; the map's peak and its
 centroid above half height must lie within 3 px of the square's centre at a 256-px working
-size (before the cells were placed at their receptive fields' centres: ~11 px, both axes).
+size (before the cells were placed at their receptive fields' centres: ~11 px, both axes). The
+geometry is checked with both stages at full weight; at the default ``fine_weight`` the
+stride-16 stage's wider response moves the centroid by up to 5 px (peak still within 3).
 """
 
 from __future__ import annotations
@@ -20,17 +22,20 @@ SIZE, SIDE = 256, 24
 CENTRES = [(64, 64), (128, 96), (180, 160), (96, 200)]
 
 
-@pytest.fixture(scope="module")
-def model_and_rng() -> tuple[FewShotPatchCore, np.random.Generator]:
+@pytest.fixture(scope="module", params=[(1.0, 3.0), (None, 6.0)], ids=["both_stages", "default"])
+def model_and_rng(request) -> tuple[FewShotPatchCore, np.random.Generator, float]:
+    """(model, rng, centroid tolerance in px) for fine_weight 1 and the default weight."""
+    weight, tolerance = request.param
     rng = np.random.default_rng(0)
-    model = FewShotPatchCore(FewShotConfig(image_size=SIZE, views="none"))
+    options = {} if weight is None else {"fine_weight": weight}
+    model = FewShotPatchCore(FewShotConfig(image_size=SIZE, views="none", **options))
     model.fit([texture(rng, SIZE) for _ in range(3)])
-    return model, rng
+    return model, rng, tolerance
 
 
 @pytest.mark.parametrize("centre", CENTRES)
 def test_map_peak_and_centroid_on_the_defect(model_and_rng, centre: tuple[int, int]) -> None:
-    model, rng = model_and_rng
+    model, rng, tolerance = model_and_rng
     cx, cy = centre
     image = texture(rng, SIZE)
     half = SIDE // 2
@@ -43,7 +48,7 @@ def test_map_peak_and_centroid_on_the_defect(model_and_rng, centre: tuple[int, i
     ys, xs = np.mgrid[0:SIZE, 0:SIZE]
     my, mx = (weight * ys).sum() / weight.sum(), (weight * xs).sum() / weight.sum()
     assert abs(px - true_x) <= 3 and abs(py - true_y) <= 3, (px, py, centre)
-    assert abs(mx - true_x) <= 3 and abs(my - true_y) <= 3, (mx, my, centre)
+    assert abs(mx - true_x) <= tolerance and abs(my - true_y) <= tolerance, (mx, my, centre)
 
 
 def test_grid_to_work_is_a_plain_resize_at_centre_half() -> None:
@@ -81,7 +86,7 @@ def test_mirrored_views_point_where_the_cell_looks() -> None:
 def test_saved_models_keep_their_feature_alignment(model_and_rng, tmp_path) -> None:
     import json
 
-    model, _ = model_and_rng
+    model, _, _ = model_and_rng
     model.save(tmp_path)
     assert FewShotPatchCore.load(tmp_path).extractor.align_coarse
     payload = json.loads((tmp_path / "model.json").read_text())

@@ -43,6 +43,7 @@ def test_core_matches_grey_knn_and_no_intensity_matching() -> None:
 
 @pytest.mark.parametrize("options", [
     {"normalization": "batch"},
+    {"normalization": "batch", "fine_weight": 0.5},
     {"style_align": True, "normalization": "layer", "match_intensity": False},
     {"style_align": True, "normalization": "batch", "n_neighbors": 2},
 ])
@@ -56,6 +57,13 @@ def test_core_matches_the_feature_alignment(options: dict) -> None:
     buffers = dict(core.named_buffers())
     assert torch.equal(buffers["alignment.ref_mean"].view(-1), stats.mean)
     assert torch.equal(buffers["alignment.ref_std"].view(-1), stats.std)
+    _check(fitted)
+
+
+def test_core_matches_a_bank_without_the_stride8_block() -> None:
+    """``fine_weight=0``: 112 channels, the extractor's output shorter than its network's."""
+    fitted = fitted_model(FewShotConfig(image_size=SIZE, fine_weight=0.0), seed=4)
+    assert fitted.model.bank is not None and fitted.model.bank.dim == 112
     _check(fitted)
 
 

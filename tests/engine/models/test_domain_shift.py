@@ -77,13 +77,16 @@ def test_a_dimmer_good_part_scores_closer_to_itself_with_style_alignment(
 
 def test_batch_standardizes_the_raw_features_with_the_training_stats(
         shots: list[np.ndarray], goods: list[np.ndarray]) -> None:
-    """Every scored image goes through the same fixed per-channel map, whatever its light."""
+    """Every scored image goes through the same fixed per-channel map, whatever its light; the
+    stride-8 block then gets its ``fine_weight`` back (standardizing divided it out)."""
     model = FewShotPatchCore(FewShotConfig(**SMALL, normalization="batch"))
     model.fit(shots)
     stats = model.state.feature_stats
-    assert stats is not None
+    gain = model.extractor.channel_gain()
+    assert stats is not None and gain is not None
     raw = model.extractor(model._prepare(model.working_tensor(goods[0])))
-    want = (raw - stats.mean.view(1, -1, 1, 1)) / stats.std.view(1, -1, 1, 1)
+    want = (raw - stats.mean.view(1, -1, 1, 1)) / stats.std.view(1, -1, 1, 1) * gain.view(
+        1, -1, 1, 1)
     torch.testing.assert_close(model._features(model.working_tensor(goods[0])), want)
 
 
