@@ -274,7 +274,7 @@ def test_adaptive_inference_adapts_only_from_confident_normals(
     assert sum(p["verdict"] == "defect" for p in result["predictions"]) >= 9
     assert [v["version"] for v in versions(cli_env, project)] == [1]
 
-    goods = str(new_goods(12, seed=31))
+    goods = str(new_goods(16, seed=31))
     code, out, _ = run(capsys, "adaptive-inference", "--project", project, "--images", goods,
                        "--lot", "lot a", "--dry-run")
     assert code == 0 and "would adapt: 1 chunk(s) of 8 images" in out
@@ -285,7 +285,7 @@ def test_adaptive_inference_adapts_only_from_confident_normals(
                        "--lot", "lot a", "--json")
     assert code == 0
     result = json.loads(out)
-    assert result["scored"] == 0 and result["skipped"] == 12  # the lot goes on
+    assert result["scored"] == 0 and result["skipped"] == 16  # the lot goes on
     adaptation = result["adaptation"]
     assert adaptation["adapted"] is True and adaptation["versions"] == [2]
     assert adaptation["threshold"]["method"] == "running_mean_3sigma"

@@ -27,18 +27,23 @@ def test_working_side_follows_the_shared_factor_within_bounds() -> None:
     assert model.working_side(huge) == MAX_SIDE_FACTOR * 96
 
 
-def test_crops_of_other_sizes_look_normal_only_at_a_shared_scale() -> None:
+@pytest.mark.parametrize(("fine_weight", "ratio"), [(1.0, 0.9), (None, 0.95)],
+                         ids=["both_stages", "default"])
+def test_crops_of_other_sizes_look_normal_only_at_a_shared_scale(fine_weight, ratio) -> None:
     """Stripes have a period in pixels of the part; resizing every crop to one long side
-    stretches them differently per crop, which a per-image scale mistakes for a defect."""
+    stretches them differently per crop, which a per-image scale mistakes for a defect. The
+    stride-8 stage sees the period most directly, so at the default ``fine_weight`` (a quarter
+    of its share) the gap is narrower (measured 0.92-0.94 of the per-image scores)."""
     rng = np.random.default_rng(3)
     shots = [texture(rng, 96) for _ in range(4)]
     goods = [texture(rng, 64), texture(rng, 144)]
+    options = {} if fine_weight is None else {"fine_weight": fine_weight}
     scores = {}
     for mode in ("shared", "per_image"):
-        model = FewShotPatchCore(FewShotConfig(image_size=96, scale=mode))
+        model = FewShotPatchCore(FewShotConfig(image_size=96, scale=mode, **options))
         model.fit(shots)
         scores[mode] = model.score(goods).scores
-    assert (scores["shared"] < 0.9 * scores["per_image"]).all(), scores
+    assert (scores["shared"] < ratio * scores["per_image"]).all(), scores
 
 
 def test_the_factor_survives_save_load_and_old_banks_keep_per_image(tmp_path) -> None:

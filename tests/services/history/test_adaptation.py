@@ -152,7 +152,7 @@ def test_adapt_from_lot_learns_chunks_below_the_band_each_a_version(
 def test_online_adaptation_keeps_a_manual_threshold(
     ctx: Kensa, project: str, trained: dict[str, Any], new_goods: Any, inline_jobs: None
 ) -> None:
-    score_batch(ctx, project, new_goods(12, seed=31), "lot m")
+    score_batch(ctx, project, new_goods(16, seed=31), "lot m")
     manual = get_active_model(ctx, project).rule.value * 1.05
     set_threshold(ctx, project, manual)
     result = adapt_from_lot(ctx, project, "lot m")
