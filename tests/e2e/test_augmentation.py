@@ -63,6 +63,8 @@ def test_sliders_change_the_grid_and_a_preset_survives_a_reload(
     _nav(page, "Augmentation")
     page.get_by_role("heading", name="Augmentation · demo").wait_for()
     page.get_by_text("After", exact=True).first.wait_for()
+    # the grid's images arrive one by one: wait for all twelve before reading them
+    page.wait_for_function(f"() => ({AFTER_SRCS})().length === 12")
     _no_error(page)
     original = _after(page)
     assert len(original) == 12
