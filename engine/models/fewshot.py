@@ -132,8 +132,8 @@ class FewShotConfig:
     coarse_map: bool = True
     #: the stride-8 stage's share of every squared patch distance, against the stride-16
     #: stage's 1 (0: stride-16 context alone, on the same stride-8 grid). With few shots the
-    #: fine stage's texture detail differs between good parts more than defects differ from
-    #: them; README "How the detector works"
+    #: fine stage's texture detail differs between good parts nearly as much as a defect
+    #: changes it; README "How the detector works"
     fine_weight: float = FINE_WEIGHT_DEFAULT
     seed: int = 0
 
